@@ -1,0 +1,94 @@
+"""FlowStone: asset-first data orchestration.
+
+import flowstone as fs
+
+pipeline = fs.Pipeline("analytics")
+
+@pipeline.asset()
+def raw_events(context): ...
+
+app = fs.FlowStone(pipeline)
+app.materialize(["raw_events"])
+"""
+
+from flowstone._app import FlowStone
+from flowstone._assets import AssetDefinition, Output
+from flowstone._context import Context
+from flowstone._errors import (
+    AssetNotFound,
+    CheckpointRejected,
+    ConfigurationError,
+    DefinitionError,
+    DependencyFailed,
+    DependencyNotReady,
+    ExecutionError,
+    FlowStoneError,
+    IOManagerError,
+    PipelineInvalid,
+    Problem,
+    ResourceUnavailable,
+    StepTimeout,
+    StoreError,
+    ValidationError,
+    ValueNotFound,
+)
+from flowstone._events import Event
+from flowstone._graph import AssetGraph
+from flowstone._partitions import DailyPartitions, PartitionsDefinition, StaticPartitions
+from flowstone._pipeline import Pipeline, load_pipeline
+from flowstone._records import (
+    LineageEntry,
+    Materialization,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from flowstone.engine._result import RunResult, StepResult
+from flowstone.io import FilesystemIOManager, IOContext, IOManager, MemoryIOManager, StoredValue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssetDefinition",
+    "AssetGraph",
+    "AssetNotFound",
+    "CheckpointRejected",
+    "ConfigurationError",
+    "Context",
+    "DailyPartitions",
+    "DefinitionError",
+    "DependencyFailed",
+    "DependencyNotReady",
+    "Event",
+    "ExecutionError",
+    "FilesystemIOManager",
+    "FlowStone",
+    "FlowStoneError",
+    "IOContext",
+    "IOManager",
+    "IOManagerError",
+    "LineageEntry",
+    "Materialization",
+    "MemoryIOManager",
+    "Output",
+    "PartitionsDefinition",
+    "Pipeline",
+    "PipelineInvalid",
+    "Problem",
+    "ResourceUnavailable",
+    "RunRecord",
+    "RunResult",
+    "RunStatus",
+    "StaticPartitions",
+    "StepRecord",
+    "StepResult",
+    "StepStatus",
+    "StepTimeout",
+    "StoreError",
+    "StoredValue",
+    "ValidationError",
+    "ValueNotFound",
+    "__version__",
+    "load_pipeline",
+]

@@ -1,0 +1,183 @@
+"""``FlowStone``: a pipeline bound to a store, I/O managers and resources.
+
+app = flowstone.FlowStone(pipeline, store="sqlite:///.flowstone/flowstone.db")
+run = app.materialize(["daily_report"], partition="2025-01-15")
+app.lineage.upstream("daily_report", partition="2025-01-15")
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowstone._assets import AssetDefinition
+from flowstone._events import EventBus
+from flowstone._lineage import Lineage
+from flowstone._pipeline import BUILTIN_IO_MANAGERS, Pipeline
+from flowstone.io._base import IOManager
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from flowstone._records import RunRecord, StepRecord
+    from flowstone.engine._planner import Plan
+    from flowstone.engine._result import RunResult
+    from flowstone.store._store import Store
+
+DEFAULT_STORE = ".flowstone/flowstone.db"
+
+
+class FlowStone:
+    """Binds a validated pipeline to where its metadata and values live.
+
+    ``store`` is a database URL (``sqlite:///path.db``, ``postgresql://...``), a SQLAlchemy
+    engine or a ``Store``; by default ``.flowstone/flowstone.db`` under the current directory.
+    ``io_managers`` adds or replaces named I/O managers (``memory`` and ``filesystem`` are built in).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        store: str | Engine | Store | None = None,
+        io_managers: Mapping[str, IOManager] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        tenant: str = "default",
+        storage_dir: str | Path | None = None,
+    ) -> None:
+        from flowstone.io._filesystem import FilesystemIOManager
+        from flowstone.io._memory import MemoryIOManager
+        from flowstone.store._store import Store
+
+        overrides = dict(io_managers or {})
+        pipeline.validate(extra_io_managers=list(overrides))
+        self.pipeline = pipeline
+        self.tenant = tenant
+        if store is None:
+            store = "sqlite:///" + str(Path(DEFAULT_STORE).resolve())
+        self.store = Store.open(store)
+        if storage_dir is None:
+            db = self.store.engine.url.database if self.store.dialect == "sqlite" else None
+            storage_dir = (
+                Path(db).parent / "storage" if db and db != ":memory:" else Path(".flowstone/storage")
+            )
+        self.io_managers: dict[str, IOManager] = {
+            "memory": MemoryIOManager(),
+            "filesystem": FilesystemIOManager(storage_dir),
+        }
+        self.io_managers.update(pipeline.io_managers)
+        self.io_managers.update(overrides)
+        for name, manager in self.io_managers.items():
+            if not isinstance(manager, IOManager):
+                raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
+        self.resources: dict[str, Any] = dict(resources or {})
+        self.events = EventBus()
+        self.lineage = Lineage(self)
+        self._lock = threading.Lock()
+        self._recovered = False
+
+    def __repr__(self) -> str:
+        return f"FlowStone({self.pipeline.name!r}, store={self.store.engine.url!r})"
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> FlowStone:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ running
+    def plan(
+        self,
+        selection: str | Iterable[str | AssetDefinition[..., Any]],
+        *,
+        partition: str | None = None,
+        force: bool = False,
+    ) -> Plan:
+        """What ``materialize`` would run, without running it."""
+        from flowstone.engine._planner import plan_run
+
+        return plan_run(
+            self.pipeline,
+            self.store,
+            tenant=self.tenant,
+            selected=self.select(selection),
+            partition_key=partition,
+            force=force,
+        )
+
+    def select(self, selection: str | Iterable[str | AssetDefinition[..., Any]]) -> set[str]:
+        """Asset names for a selection (names, ``+name``, ``name+``, ``tag:x``, ``*``)."""
+        items = [selection] if isinstance(selection, (str, AssetDefinition)) else list(selection)
+        exprs = [i.name if isinstance(i, AssetDefinition) else i for i in items]
+        if not exprs:
+            raise ValueError("select at least one asset")
+        return self.pipeline.graph.select(exprs)
+
+    def materialize(
+        self,
+        selection: str | Iterable[str | AssetDefinition[..., Any]],
+        *,
+        partition: str | None = None,
+        force: bool = False,
+        parallel: int = 1,
+        values: bool = False,
+        actor: str = "api",
+    ) -> RunResult:
+        """Materialize the selection (plus missing upstream) and return the run's outcome.
+
+        ``parallel`` > 1 runs independent steps on that many threads; ``values=True`` keeps
+        each step's value on the result (``run.steps["x"].value``).
+        """
+        from flowstone.engine._runner import RunEnv, execute_plan
+
+        self._recover_once()
+        plan = self.plan(selection, partition=partition, force=force)
+        env = RunEnv(self.pipeline, self.store, self.tenant, self.io_managers, self.resources, self.events)
+        return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
+
+    def recover(self, *, stale_after: timedelta | None = None) -> list[str]:
+        """Mark runs whose process died as abandoned (done automatically before the first run)."""
+        return self.store.recover(tenant=self.tenant, stale_after=stale_after)
+
+    def _recover_once(self) -> None:
+        with self._lock:
+            if not self._recovered:
+                self._recovered = True
+                self.recover()
+
+    # ------------------------------------------------------------------ reading
+    def runs(self, *, limit: int = 20, status: str | None = None) -> list[RunRecord]:
+        return self.store.list_runs(tenant=self.tenant, limit=limit, status=status)
+
+    def run(self, run_id: str) -> tuple[RunRecord, list[StepRecord]] | None:
+        record = self.store.get_run(tenant=self.tenant, run_id=run_id)
+        if record is None:
+            return None
+        return record, self.store.run_steps(tenant=self.tenant, run_id=record.id)
+
+    def load(self, asset: str, *, partition: str | None = None) -> Any:
+        """Load an asset's stored value through its I/O manager."""
+        from flowstone.engine._planner import typed_partition
+        from flowstone.io._base import IOContext
+
+        definition = self.pipeline.get(asset)
+        manager = self.io_managers[definition.io_manager or self.pipeline.default_io_manager]
+        return manager.load(
+            IOContext(
+                asset=asset,
+                partition_key=partition,
+                partition=typed_partition(self.pipeline, asset, partition),
+                tenant=self.tenant,
+                config=definition.io_config,
+            )
+        )
+
+    @property
+    def io_manager_names(self) -> Sequence[str]:
+        return sorted(set(BUILTIN_IO_MANAGERS) | set(self.io_managers))

@@ -1,0 +1,119 @@
+"""Settings from ``flowstone.toml`` (or ``[tool.flowstone]`` in pyproject.toml), env and flags.
+
+Precedence, lowest first: file, ``FLOWSTONE_*`` environment variables, CLI flags. The project
+directory is the one holding the config file (or the current directory); relative paths, and
+relative SQLite URLs, are taken from there::
+
+    # flowstone.toml
+    pipeline = "analytics.pipeline:pipeline"
+    store = "sqlite:///.flowstone/flowstone.db"    # or postgresql://user@host/db
+    storage = ".flowstone/storage"                 # filesystem I/O manager root
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowstone._errors import ConfigurationError
+
+KEYS = {"pipeline", "store", "storage", "tenant"}
+ENV = {
+    "pipeline": "FLOWSTONE_PIPELINE",
+    "store": "FLOWSTONE_STORE_URL",
+    "storage": "FLOWSTONE_STORAGE_DIR",
+    "tenant": "FLOWSTONE_TENANT",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    config_file: Path | None
+    pipeline: str | None
+    store_url: str
+    storage_dir: Path
+    tenant: str
+
+
+def find_config(start: Path) -> tuple[Path | None, dict[str, Any]]:
+    for directory in [start, *start.parents]:
+        candidate = directory / "flowstone.toml"
+        if candidate.is_file():
+            return candidate, _read(candidate, None)
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file():
+            section = _read(pyproject, "tool.flowstone")
+            if section is not None:
+                return pyproject, section
+    return None, {}
+
+
+def _read(path: Path, section: str | None) -> Any:
+    try:
+        data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read config: {exc}", original=exc) from exc
+    if section is None:
+        return data
+    for part in section.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def resolve_store_url(url: str, project_dir: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:" and not rest.startswith("file:"):
+            return prefix + str((project_dir / rest).resolve())
+    return url
+
+
+def load_settings(
+    *,
+    start: Path | None = None,
+    config_file: Path | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    if config_file is not None:
+        path: Path | None = config_file.resolve()
+        assert path is not None
+        if not path.is_file():
+            raise ConfigurationError(f"config file {path} does not exist")
+        values = _read(path, "tool.flowstone" if path.name == "pyproject.toml" else None) or {}
+    else:
+        path, values = find_config((start or Path.cwd()).resolve())
+    if not isinstance(values, dict):
+        raise ConfigurationError(f"{path}: flowstone settings must be a table")
+    for key, value in values.items():
+        if key not in KEYS:
+            raise ConfigurationError(f"{path}: unknown setting {key!r} (known: {sorted(KEYS)})")
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{path}: setting {key!r} must be a string, got {value!r}")
+    merged: dict[str, str] = dict(values)
+    for key, var in ENV.items():
+        if environ.get(var):
+            merged[key] = environ[var]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    project_dir = path.parent if path is not None else (start or Path.cwd()).resolve()
+    store_url = resolve_store_url(merged.get("store", "sqlite:///.flowstone/flowstone.db"), project_dir)
+    storage = Path(merged.get("storage", ".flowstone/storage"))
+    return Settings(
+        project_dir=project_dir,
+        config_file=path,
+        pipeline=merged.get("pipeline"),
+        store_url=store_url,
+        storage_dir=storage if storage.is_absolute() else project_dir / storage,
+        tenant=merged.get("tenant", "default"),
+    )

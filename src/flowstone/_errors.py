@@ -1,0 +1,202 @@
+"""One exception tree for everything FlowStone raises or records.
+
+Every failure a user can meet is one of these types; foreign exceptions (psycopg, OSError,
+whatever an asset raises) are wrapped at the seam where they happen and kept in ``original``::
+
+    FlowStoneError                      type              retryable
+    ├── DefinitionError                 definition_error  no    a decorator or pipeline is malformed
+    │   └── PipelineInvalid             definition_error  no    whole-graph validation (all problems)
+    ├── ConfigurationError              configuration_error no  flowstone.toml / env / CLI flags
+    ├── AssetNotFound                   asset_not_found   no    unknown name (with "did you mean")
+    ├── DependencyFailed                dependency_failed no    an upstream step did not succeed
+    ├── DependencyNotReady              dependency_not_ready yes upstream partition not there yet
+    ├── IOManagerError                  io_error          varies load/store/delete failed
+    │   └── ValueNotFound               io_error          no    nothing stored for that partition
+    ├── ExecutionError                  execution_error   no    the asset function raised / returned badly
+    ├── StepTimeout                     timeout           yes   the asset ran past its ``timeout``
+    ├── ValidationError                 validation_error  no    data did not pass a check
+    ├── ResourceUnavailable             resource_unavailable yes a required resource failed setup
+    ├── CheckpointRejected              checkpoint_rejected no  a reviewer rejected a gate
+    └── StoreError                      store_error       varies the metadata database failed
+
+Each error carries a short ``user_message`` (what happened, what to do) and a
+``developer_message`` (type, context, original traceback); the CLI prints the first and, with
+``-v``, the second.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class FlowStoneError(Exception):
+    """Base of every FlowStone error: a typed value, not just a message.
+
+    ``context`` holds JSON-safe facts (asset, partition, run id ...); ``original`` is the foreign
+    exception this one translates, if any.
+    """
+
+    type: ClassVar[str] = "flowstone_error"
+    default_retryable: ClassVar[bool] = False
+    hint: ClassVar[str] = ""
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        retryable: bool | None = None,
+        original: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context: dict[str, Any] = dict(context or {})
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.original = original
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def user_message(self) -> str:
+        return f"{self.message}. {self.hint}".strip() if self.hint else self.message
+
+    @property
+    def developer_message(self) -> str:
+        lines = [f"[{self.type}] {self.message}", f"retryable: {self.retryable}"]
+        for key, value in self.context.items():
+            lines.append(f"{key}: {value}")
+        if self.original is not None:
+            lines.append("original exception:")
+            lines.append(
+                "".join(
+                    traceback.format_exception(
+                        type(self.original), self.original, self.original.__traceback__
+                    )
+                ).rstrip()
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, as recorded on a materialization and sent in events."""
+        return {
+            "type": self.type,
+            "message": self.message,
+            "retryable": self.retryable,
+            "context": {k: _json_safe(v) for k, v in self.context.items()},
+        }
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+class DefinitionError(FlowStoneError):
+    """A definition is wrong in a way one decorator (or one option) can see alone."""
+
+    type = "definition_error"
+    exit_code = 2
+
+
+class PipelineInvalid(DefinitionError):
+    """Whole-pipeline validation failed; ``problems`` lists every problem found at once."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = [f"pipeline has {len(problems)} problem(s):"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines), context={"problems": [str(p) for p in problems]})
+
+
+class Problem:
+    """One validation finding: which asset, where it is defined, what is wrong."""
+
+    __slots__ = ("asset", "code", "location", "message")
+
+    def __init__(self, code: str, message: str, *, asset: str | None, location: str) -> None:
+        self.code = code
+        self.message = message
+        self.asset = asset
+        self.location = location
+
+    def __str__(self) -> str:
+        who = f"asset '{self.asset}' " if self.asset else ""
+        return f"{self.location}: {who}{self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({self.code!r}, {str(self)!r})"
+
+
+class ConfigurationError(FlowStoneError):
+    type = "configuration_error"
+    hint = "Check flowstone.toml, [tool.flowstone] in pyproject.toml and FLOWSTONE_* variables."
+    exit_code = 2
+
+
+class AssetNotFound(FlowStoneError):
+    type = "asset_not_found"
+    hint = "Run `flowstone assets` to list the pipeline's assets."
+    exit_code = 2
+
+
+class DependencyFailed(FlowStoneError):
+    type = "dependency_failed"
+    hint = "Fix the upstream asset first; its error is on its own step."
+
+
+class DependencyNotReady(FlowStoneError):
+    type = "dependency_not_ready"
+    default_retryable = True
+    hint = "The upstream partition does not exist yet; it will be retried."
+
+
+class IOManagerError(FlowStoneError):
+    type = "io_error"
+    hint = "Check the I/O manager's configuration and the storage it writes to."
+
+
+class ValueNotFound(IOManagerError):
+    """Nothing is stored for that asset and partition (distinct from a failing store)."""
+
+
+class ExecutionError(FlowStoneError):
+    type = "execution_error"
+    hint = "The asset function failed; see its traceback with -v or `flowstone run show`."
+
+
+class StepTimeout(FlowStoneError):
+    type = "timeout"
+    default_retryable = True
+    hint = "Increase the asset's timeout or make it faster."
+
+
+class ValidationError(FlowStoneError):
+    type = "validation_error"
+
+
+class ResourceUnavailable(FlowStoneError):
+    type = "resource_unavailable"
+    default_retryable = True
+    hint = "A resource could not be set up; try again later or run `flowstone doctor`."
+
+
+class CheckpointRejected(FlowStoneError):
+    type = "checkpoint_rejected"
+
+
+class StoreError(FlowStoneError):
+    type = "store_error"
+    hint = "Check that the metadata database is reachable and migrated."
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,54 @@
+"""Typed in-process events: what happened to runs and steps, for logs, metrics and the UI.
+
+Subscribers are called synchronously on the thread that records the fact; a failing subscriber
+is logged and never breaks a run::
+
+    app.events.subscribe(lambda event: print(event.type, event.asset))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+_log = logging.getLogger("flowstone.events")
+
+RUN_STARTED = "run.started"
+RUN_FINISHED = "run.finished"
+STEP_STARTED = "step.started"
+STEP_SUCCEEDED = "step.succeeded"
+STEP_FAILED = "step.failed"
+STEP_SKIPPED = "step.skipped"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    at: datetime
+    run_id: str | None = None
+    asset: str | None = None
+    partition_key: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it again."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # a broken subscriber must not fail the run it observes
+                _log.exception("event subscriber %r failed on %s", subscriber, event.type)

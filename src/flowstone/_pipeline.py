@@ -1,0 +1,250 @@
+"""The pipeline: a registry of asset definitions, validated as a whole.
+
+No global state: every ``Pipeline`` object is its own registry, so tests build as many as they like::
+
+    pipeline = flowstone.Pipeline("analytics")
+
+    @pipeline.asset()
+    def raw_events(context): ...
+
+    @pipeline.asset()
+    def cleaned(context, raw_events): ...
+
+    pipeline.validate()        # raises PipelineInvalid listing every problem at once
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, overload
+
+from flowstone._assets import AssetDefinition, build_asset, is_identifier
+from flowstone._errors import ConfigurationError, PipelineInvalid, Problem
+from flowstone._graph import AssetGraph, unknown_asset
+from flowstone._partitions import PartitionsDefinition
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BUILTIN_IO_MANAGERS = ("filesystem", "memory")
+
+
+class Pipeline:
+    """A named registry of assets. ``io_managers`` adds named I/O manager instances."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        io_managers: Mapping[str, Any] | None = None,
+        default_io_manager: str = "filesystem",
+    ) -> None:
+        if not is_identifier(name) and not (isinstance(name, str) and name.replace("-", "_").isidentifier()):
+            raise ValueError(f"pipeline name {name!r} must be an identifier (dashes allowed)")
+        self.name = name
+        self.io_managers: dict[str, Any] = dict(io_managers or {})
+        self.default_io_manager = default_io_manager
+        self._assets: dict[str, AssetDefinition[..., Any]] = {}
+        self._duplicates: list[AssetDefinition[..., Any]] = []
+        self._graph: AssetGraph | None = None
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, {len(self._assets)} assets)"
+
+    # ------------------------------------------------------------------ registration
+    @overload
+    def asset(self, fn: Callable[P, R], /) -> AssetDefinition[P, R]: ...
+
+    @overload
+    def asset(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        depends_on: Sequence[str | AssetDefinition[..., Any]] | None = None,
+        io_manager: str | None = None,
+        io_config: Mapping[str, Any] | None = None,
+        requires: Sequence[str] | None = None,
+        tags: Mapping[str, str] | Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        code_version: str | None = None,
+        partitioned_by: PartitionsDefinition | None = None,
+        timeout: str | float | timedelta | None = None,
+    ) -> Callable[[Callable[P, R]], AssetDefinition[P, R]]: ...
+
+    def asset(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        **options: Any,
+    ) -> AssetDefinition[P, R] | Callable[[Callable[P, R]], AssetDefinition[P, R]]:
+        """Register a function as an asset; use bare (``@pipeline.asset``) or with options."""
+
+        def register(func: Callable[P, R]) -> AssetDefinition[P, R]:
+            definition = build_asset(func, **options)
+            self.add(definition)
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    def add(self, definition: AssetDefinition[..., Any]) -> None:
+        """Register a definition built elsewhere (e.g. generated in a loop)."""
+        if definition.name in self._assets:
+            self._duplicates.append(definition)
+        else:
+            self._assets[definition.name] = definition
+        self._graph = None
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def assets(self) -> Mapping[str, AssetDefinition[..., Any]]:
+        return self._assets
+
+    def get(self, name: str) -> AssetDefinition[..., Any]:
+        """The asset called ``name``; unknown names raise AssetNotFound with suggestions."""
+        try:
+            return self._assets[name]
+        except (KeyError, TypeError):
+            raise unknown_asset(str(name), self._assets, pipeline=self.name) from None
+
+    @property
+    def graph(self) -> AssetGraph:
+        if self._graph is None:
+            self._graph = AssetGraph(
+                {n: a.deps for n, a in self._assets.items()},
+                {n: a.tags for n, a in self._assets.items()},
+            )
+        return self._graph
+
+    # ------------------------------------------------------------------ validation
+    def problems(self, *, extra_io_managers: Sequence[str] = ()) -> list[Problem]:
+        """Every whole-pipeline problem, each naming the asset and its file:line."""
+        found: list[Problem] = []
+        known_io = set(BUILTIN_IO_MANAGERS) | set(self.io_managers) | set(extra_io_managers)
+        for dup in self._duplicates:
+            first = self._assets[dup.name]
+            found.append(
+                Problem(
+                    "duplicate_asset",
+                    f"is defined twice (first at {first.location})",
+                    asset=dup.name,
+                    location=dup.location,
+                )
+            )
+        names = list(self._assets)
+        for asset in self._assets.values():
+            for dep in asset.deps:
+                if dep not in self._assets:
+                    guesses = difflib.get_close_matches(dep, names, n=1, cutoff=0.6)
+                    hint = f"; did you mean '{guesses[0]}'?" if guesses else ""
+                    found.append(
+                        Problem(
+                            "unknown_dependency",
+                            f"depends on unknown asset '{dep}'{hint}",
+                            asset=asset.name,
+                            location=asset.location,
+                        )
+                    )
+                    continue
+                upstream = self._assets[dep]
+                problem = _partition_problem(asset, upstream)
+                if problem:
+                    found.append(
+                        Problem("partition_mismatch", problem, asset=asset.name, location=asset.location)
+                    )
+            manager = asset.io_manager or self.default_io_manager
+            if manager not in known_io:
+                guesses = difflib.get_close_matches(manager, sorted(known_io), n=1, cutoff=0.6)
+                hint = f"; did you mean '{guesses[0]}'?" if guesses else ""
+                found.append(
+                    Problem(
+                        "unknown_io_manager",
+                        f"uses unknown I/O manager '{manager}'{hint} (known: {sorted(known_io)})",
+                        asset=asset.name,
+                        location=asset.location,
+                    )
+                )
+        for cycle in self.graph.cycles():
+            first = self._assets[cycle[0]]
+            found.append(
+                Problem(
+                    "cycle",
+                    "is part of a dependency cycle: " + " -> ".join(cycle),
+                    asset=first.name,
+                    location=first.location,
+                )
+            )
+        return found
+
+    def validate(self, *, extra_io_managers: Sequence[str] = ()) -> None:
+        """Raise PipelineInvalid listing every problem, or return quietly."""
+        problems = self.problems(extra_io_managers=extra_io_managers)
+        if problems:
+            raise PipelineInvalid(problems)
+
+
+def _partition_problem(asset: AssetDefinition[..., Any], upstream: AssetDefinition[..., Any]) -> str | None:
+    down, up = asset.partitioned_by, upstream.partitioned_by
+    if up is None:
+        return None  # every partition reads the one unpartitioned value
+    if down is None:
+        return (
+            f"is not partitioned but depends on partitioned asset '{upstream.name}'; "
+            "partition it the same way (fan-in mappings are not supported yet)"
+        )
+    if down != up:
+        return (
+            f"is partitioned by {down!r} but its upstream '{upstream.name}' by {up!r}; "
+            "use the same partitions definition"
+        )
+    return None
+
+
+def load_pipeline(target: str, *, search_path: Sequence[str | Path] = ()) -> Pipeline:
+    """Import ``"package.module:attribute"`` and return the Pipeline it names.
+
+    ``search_path`` entries (the project directory) are put first on ``sys.path`` so a pipeline
+    module next to ``flowstone.toml`` imports without installing it.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigurationError(
+            f"pipeline location {target!r} must look like 'package.module:pipeline'",
+            context={"pipeline": target},
+        )
+    for entry in reversed([str(Path(p).resolve()) for p in search_path]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigurationError(
+                f"cannot import pipeline module {module_name!r}: {exc}",
+                context={"pipeline": target},
+                original=exc,
+            ) from exc
+        raise
+    obj: Any = module
+    for part in attr.split("."):
+        if not part.isidentifier():
+            raise ConfigurationError(f"bad attribute {attr!r} in {target!r}")
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"module {module_name!r} has no attribute {attr!r}", context={"pipeline": target}
+            ) from None
+    if not isinstance(obj, Pipeline):
+        raise ConfigurationError(
+            f"{target!r} is a {type(obj).__name__}, not a flowstone.Pipeline",
+            context={"pipeline": target},
+        )
+    return obj

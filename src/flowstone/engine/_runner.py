@@ -1,0 +1,461 @@
+"""Carry out a plan: run steps as their upstreams complete and record every outcome.
+
+Threads (or later, remote workers) only compute: load inputs, call the asset, store the value.
+All bookkeeping happens on the coordinating thread, in this order per step (invariant
+"record after store"): the I/O manager has stored the value *before* the materialization, its
+lineage and the new step status commit together. A crash between the two leaves no success
+recorded, so the step simply runs again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flowstone._assets import AssetDefinition, Output
+from flowstone._context import Context, Resources
+from flowstone._errors import (
+    DependencyFailed,
+    ExecutionError,
+    FlowStoneError,
+    IOManagerError,
+    StepTimeout,
+    _json_safe,
+    format_traceback,
+)
+from flowstone._events import (
+    RUN_FINISHED,
+    RUN_STARTED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_STARTED,
+    STEP_SUCCEEDED,
+    Event,
+    EventBus,
+)
+from flowstone._pipeline import Pipeline
+from flowstone._records import Materialization, RunStatus, StepStatus
+from flowstone.engine._planner import Plan, PlannedStep, StepKey, typed_partition
+from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
+from flowstone.io._base import IOContext, IOManager, StoredValue
+from flowstone.store._store import HOST, NewStep, StepOutcome, Store, utcnow
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+class Executor(Protocol):
+    """Runs compute calls; ``capacity`` is how many may be in flight at once."""
+
+    capacity: int
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class SerialExecutor:
+    """Runs each step inline, one at a time: deterministic, the default for tests."""
+
+    capacity = 1
+    name = "serial"
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # re-raised by the caller through future.result()
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self) -> None:
+        pass
+
+
+class ThreadPoolStepExecutor:
+    """Runs independent steps concurrently on ``workers`` threads."""
+
+    name = "threads"
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("parallel must be at least 1")
+        self.capacity = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowstone-step")
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        return self._pool.submit(fn)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class RunEnv:
+    """What a run needs besides its plan; built by ``FlowStone``."""
+
+    pipeline: Pipeline
+    store: Store
+    tenant: str
+    io_managers: Mapping[str, IOManager]
+    resources: Mapping[str, Any]
+    events: EventBus
+
+    def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
+        return asset.io_manager or self.pipeline.default_io_manager
+
+
+@dataclass
+class _Computed:
+    """What a worker hands back: either a stored value or an error."""
+
+    started_at: Any
+    duration_ms: float
+    value: Any = None
+    stored: StoredValue | None = None
+    metadata: dict[str, Any] | None = None
+    error: FlowStoneError | None = None
+    traceback: str | None = None
+
+
+def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, asset: str) -> Any:
+    if timeout is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    # A Python thread cannot be killed: on timeout the step fails and the thread is left to end.
+    thread = threading.Thread(target=target, name=f"flowstone-timeout-{asset}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StepTimeout(
+            f"asset '{asset}' did not finish within its timeout of {timeout:g}s",
+            context={"asset": asset, "timeout_s": timeout},
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _io_context(env: RunEnv, asset: AssetDefinition[..., Any], key: str | None, run_id: str) -> IOContext:
+    return IOContext(
+        asset=asset.name,
+        partition_key=key,
+        partition=typed_partition(env.pipeline, asset.name, key),
+        tenant=env.tenant,
+        run_id=run_id,
+        config=asset.io_config,
+    )
+
+
+def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
+    started_at = utcnow()
+    t0 = time.perf_counter()
+    asset = env.pipeline.assets[step.asset]
+    stage = "load"
+    try:
+        inputs: dict[str, Any] = {}
+        for dep_name, dep_key in step.inputs:
+            dep = env.pipeline.assets[dep_name]
+            manager = env.io_managers[env.io_manager_name(dep)]
+            try:
+                inputs[dep_name] = manager.load(_io_context(env, dep, dep_key, run_id))
+            except FlowStoneError:
+                raise
+            except Exception as exc:
+                raise IOManagerError(
+                    f"loading '{dep_name}' for asset '{asset.name}' failed: {exc}",
+                    context={"asset": asset.name, "upstream": dep_name, "partition": dep_key},
+                    original=exc,
+                ) from exc
+        context = Context(
+            asset_name=asset.name,
+            partition_key=step.partition_key,
+            partition=typed_partition(env.pipeline, asset.name, step.partition_key),
+            run_id=run_id,
+            tenant=env.tenant,
+            resources=Resources(asset.name, env.resources, asset.requires),
+        )
+        kwargs = inputs if asset.takes_var_kwargs else {p: inputs[p] for p in asset.params}
+        stage = "execute"
+        result = _call_with_timeout(lambda: asset.fn(context, **kwargs), asset.timeout, asset.name)
+        metadata: dict[str, Any] = {}
+        if isinstance(result, Output):
+            metadata = {str(k): _json_safe(v) for k, v in result.metadata.items()}
+            result = result.value
+        stage = "store"
+        manager = env.io_managers[env.io_manager_name(asset)]
+        try:
+            stored = manager.store(_io_context(env, asset, step.partition_key, run_id), result)
+        except FlowStoneError:
+            raise
+        except Exception as exc:
+            raise IOManagerError(
+                f"storing asset '{asset.name}' failed: {exc}",
+                context={"asset": asset.name, "partition": step.partition_key},
+                original=exc,
+            ) from exc
+        return _Computed(
+            started_at, (time.perf_counter() - t0) * 1000, value=result, stored=stored, metadata=metadata
+        )
+    except FlowStoneError as err:
+        err.context.setdefault("asset", asset.name)
+        err.context.setdefault("partition", step.partition_key)
+        return _Computed(
+            started_at,
+            (time.perf_counter() - t0) * 1000,
+            error=err,
+            traceback=format_traceback(err.original or err),
+        )
+    except Exception as exc:
+        error = ExecutionError(
+            f"asset '{asset.name}' raised {type(exc).__name__}: {exc}"
+            if stage == "execute"
+            else f"asset '{asset.name}' failed while {stage}ing: {exc}",
+            context={"asset": asset.name, "partition": step.partition_key, "location": asset.location},
+            original=exc,
+        )
+        return _Computed(
+            started_at, (time.perf_counter() - t0) * 1000, error=error, traceback=format_traceback(exc)
+        )
+
+
+class _Run:
+    def __init__(self, env: RunEnv, plan: Plan, executor: Executor, *, keep_values: bool) -> None:
+        self.env = env
+        self.plan = plan
+        self.executor = executor
+        self.keep_values = keep_values
+        self.run_id = uuid.uuid4().hex
+        self.step_ids = {s.key: uuid.uuid4().hex for s in plan.steps}
+        self.steps = {s.key: s for s in plan.steps}
+        self.results: dict[StepKey, StepResult] = {
+            s.key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for s in plan.steps
+        }
+        self.mat_ids: dict[StepKey, str] = dict(plan.existing)
+        self.children: dict[StepKey, list[StepKey]] = {s.key: [] for s in plan.steps}
+        self.waiting: dict[StepKey, int] = {}
+        for s in plan.steps:
+            planned_inputs = [i for i in s.inputs if i in self.steps]
+            self.waiting[s.key] = len(planned_inputs)
+            for i in planned_inputs:
+                self.children[i].append(s.key)
+        self.last_heartbeat = time.monotonic()
+
+    def emit(self, type_: str, key: StepKey | None = None, **data: Any) -> Event:
+        event = Event(type_, utcnow(), self.run_id, key[0] if key else None, key[1] if key else None, data)
+        self.env.events.emit(event)
+        return event
+
+    def execute(self, *, actor: str, executor_name: str) -> RunResult:
+        env = self.env
+        started_at = env.store.create_run(
+            tenant=env.tenant,
+            run_id=self.run_id,
+            pipeline=env.pipeline.name,
+            selection=self.plan.selection,
+            partition_key=self.plan.partition_key,
+            force=self.plan.force,
+            actor=actor,
+            executor=executor_name,
+            steps=[
+                NewStep(
+                    self.step_ids[s.key], i, s.asset, s.partition_key, [[a, k or ""] for a, k in s.inputs]
+                )
+                for i, s in enumerate(self.plan.steps)
+            ],
+        )
+        self.emit(RUN_STARTED, steps=len(self.plan.steps))
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.executor.shutdown()
+            env.store.abandon_run(
+                tenant=env.tenant, run_id=self.run_id, reason=f"interrupted: {type(exc).__name__}"
+            )
+            raise
+        self.executor.shutdown()
+        failed = any(r.status is not StepStatus.SUCCEEDED for r in self.results.values())
+        status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+        finished_at = env.store.finish_run(tenant=env.tenant, run_id=self.run_id, status=status)
+        self.emit(RUN_FINISHED, status=status.value)
+        return RunResult(
+            run_id=self.run_id,
+            status=status,
+            steps=StepResults([self.results[s.key] for s in self.plan.steps]),
+            started_at=started_at,
+            finished_at=finished_at,
+            up_to_date=list(self.plan.up_to_date),
+        )
+
+    def _loop(self) -> None:
+        ready = deque(s.key for s in self.plan.steps if self.waiting[s.key] == 0)
+        inflight: dict[Future[Any], StepKey] = {}
+        while ready or inflight:
+            while ready and len(inflight) < self.executor.capacity:
+                key = ready.popleft()
+                self._start(key)
+                inflight[
+                    self.executor.submit(functools.partial(_compute, self.env, self.steps[key], self.run_id))
+                ] = key
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for future in done:
+                key = inflight.pop(future)
+                computed: _Computed = future.result()
+                if computed.error is None:
+                    self._succeeded(key, computed)
+                    for child in self.children[key]:
+                        self.waiting[child] -= 1
+                        if self.waiting[child] == 0 and self.results[child].status is StepStatus.PENDING:
+                            ready.append(child)
+                else:
+                    self._failed(key, computed)
+
+    def _start(self, key: StepKey) -> None:
+        self.results[key].status = StepStatus.RUNNING
+        self.env.store.start_step(
+            tenant=self.env.tenant,
+            run_id=self.run_id,
+            step_id=self.step_ids[key],
+            asset=key[0],
+            partition_key=key[1],
+            attempt=1,
+            at=utcnow(),
+        )
+        self.emit(STEP_STARTED, key)
+
+    def _heartbeat_due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_EVERY_S:
+            self.last_heartbeat = now
+            return True
+        return False
+
+    def _materialization(self, key: StepKey, computed: _Computed, status: str) -> Materialization:
+        asset = self.env.pipeline.assets[key[0]]
+        stored = computed.stored
+        error = computed.error
+        return Materialization(
+            id=uuid.uuid4().hex,
+            run_id=self.run_id,
+            asset=key[0],
+            partition_key=key[1],
+            status=status,
+            started_at=computed.started_at,
+            finished_at=utcnow(),
+            duration_ms=computed.duration_ms,
+            value_hash=stored.checksum if stored else None,
+            value_size=stored.size_bytes if stored else None,
+            io_manager=self.env.io_manager_name(asset),
+            code_version=asset.code_version,
+            host=HOST,
+            pid=os.getpid(),
+            attempt=1,
+            metadata={**(dict(stored.extra) if stored else {}), **(computed.metadata or {})},
+            error_type=error.type if error else None,
+            error_message=error.message if error else None,
+            error_traceback=computed.traceback,
+            retryable=error.retryable if error else None,
+            tenant=self.env.tenant,
+        )
+
+    def _succeeded(self, key: StepKey, computed: _Computed) -> None:
+        mat = self._materialization(key, computed, "success")
+        lineage = [(self.mat_ids[i], i[0], i[1]) for i in self.steps[key].inputs if i in self.mat_ids]
+        event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
+        self.env.store.finish_step(
+            tenant=self.env.tenant,
+            outcome=StepOutcome(
+                self.step_ids[key],
+                mat,
+                lineage,
+                {
+                    "type": event.type,
+                    "run_id": self.run_id,
+                    "asset": key[0],
+                    "partition_key": key[1] or "",
+                    "at": event.at,
+                    "data": event.data,
+                },
+                heartbeat=self._heartbeat_due(),
+            ),
+        )
+        self.mat_ids[key] = mat.id
+        result = self.results[key]
+        result.status = StepStatus.SUCCEEDED
+        result.materialization = mat
+        result.duration_ms = computed.duration_ms
+        if self.keep_values:
+            result._value = computed.value
+        else:
+            result._value = _NOT_KEPT
+
+    def _failed(self, key: StepKey, computed: _Computed) -> None:
+        assert computed.error is not None
+        mat = self._materialization(key, computed, "failed")
+        event = self.emit(STEP_FAILED, key, error=computed.error.to_dict())
+        self.env.store.finish_step(
+            tenant=self.env.tenant,
+            outcome=StepOutcome(
+                self.step_ids[key],
+                mat,
+                (),
+                {
+                    "type": event.type,
+                    "run_id": self.run_id,
+                    "asset": key[0],
+                    "partition_key": key[1] or "",
+                    "at": event.at,
+                    "data": event.data,
+                },
+                heartbeat=self._heartbeat_due(),
+            ),
+        )
+        result = self.results[key]
+        result.status = StepStatus.FAILED
+        result.materialization = mat
+        result.error = computed.error
+        result.duration_ms = computed.duration_ms
+        self._skip_downstream(key)
+
+    def _skip_downstream(self, failed: StepKey) -> None:
+        skipped: list[tuple[str, str, str | None, str, str]] = []
+        frontier = list(self.children[failed])
+        while frontier:
+            key = frontier.pop()
+            result = self.results[key]
+            if result.status is not StepStatus.PENDING:
+                continue
+            reason = f"upstream '{failed[0]}' failed"
+            result.status = StepStatus.SKIPPED
+            result.reason = reason
+            result.error = DependencyFailed(
+                f"asset '{key[0]}' was not run: {reason}",
+                context={"asset": key[0], "partition": key[1], "upstream": failed[0]},
+            )
+            skipped.append((self.step_ids[key], key[0], key[1], reason, "dependency_failed"))
+            frontier.extend(self.children[key])
+        self.env.store.skip_steps(tenant=self.env.tenant, run_id=self.run_id, skipped=skipped)
+        for _id, asset, key_, reason, _t in skipped:
+            self.emit(STEP_SKIPPED, (asset, key_), reason=reason)
+
+
+def execute_plan(
+    env: RunEnv, plan: Plan, *, parallel: int = 1, keep_values: bool = False, actor: str = "api"
+) -> RunResult:
+    executor: Executor = SerialExecutor() if parallel <= 1 else ThreadPoolStepExecutor(parallel)
+    run = _Run(env, plan, executor, keep_values=keep_values)
+    return run.execute(actor=actor, executor_name=getattr(executor, "name", "custom"))

@@ -1,0 +1,48 @@
+"""Bring a database to the current schema with Alembic, skipping Alembic when already current.
+
+Checking the version row costs one query; importing Alembic costs far more, so it is only loaded
+when there is something to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+HEAD = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "flowstone_alembic_version"
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def alembic_config(connection: Any = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two processes starting at once must not both create the tables.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426001)"))
+        command.upgrade(alembic_config(conn), revision)
+
+
+def upgrade_if_needed(engine: Engine) -> None:
+    if current_revision(engine) != HEAD:
+        upgrade(engine)

@@ -1,0 +1,167 @@
+"""The metadata schema, as SQLAlchemy Core tables. Alembic migrations must match it (a test diffs them).
+
+Every table carries ``tenant_id`` (``'default'`` until multi-tenancy) so that isolation by
+row-level security never needs a data migration. Unpartitioned assets use the partition key ``''``
+so that unique indexes behave the same on SQLite and PostgreSQL (NULLs are never equal).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+_ID = 32  # uuid4().hex
+
+Timestamp = sa.DateTime(timezone=True)
+
+
+def _tenant() -> sa.Column[str]:
+    return sa.Column("tenant_id", sa.String(64), nullable=False, server_default="default")
+
+
+runs = sa.Table(
+    "flowstone_runs",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column("pipeline", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("selection", sa.JSON, nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("force", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("actor", sa.String(255), nullable=False, server_default="system"),
+    sa.Column("executor", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("heartbeat_at", Timestamp),
+    sa.Column("step_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_flowstone_runs_tenant_created", "tenant_id", "created_at"),
+    sa.Index("ix_flowstone_runs_status", "status"),
+)
+
+run_steps = sa.Table(
+    "flowstone_run_steps",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column(
+        "run_id", sa.String(_ID), sa.ForeignKey("flowstone_runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("asset", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("upstream", sa.JSON, nullable=False),
+    sa.Column("started_at", Timestamp),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("materialization_id", sa.String(_ID)),
+    sa.Column("reason", sa.Text),
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.UniqueConstraint("run_id", "asset", "partition_key", name="uq_flowstone_run_steps_identity"),
+    sa.Index("ix_flowstone_run_steps_asset", "tenant_id", "asset", "partition_key"),
+)
+
+materializations = sa.Table(
+    "flowstone_materializations",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column("run_id", sa.String(_ID), nullable=False),
+    sa.Column("step_id", sa.String(_ID)),
+    sa.Column("asset", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("value_hash", sa.String(128)),
+    sa.Column("value_size", sa.BigInteger),
+    sa.Column("io_manager", sa.String(64)),
+    sa.Column("code_version", sa.String(255)),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("metadata", sa.JSON),
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_traceback", sa.Text),
+    sa.Column("retryable", sa.Boolean),
+    sa.Index("ix_flowstone_materializations_asset", "tenant_id", "asset", "partition_key", "finished_at"),
+    sa.Index("ix_flowstone_materializations_run", "run_id"),
+)
+
+# The latest outcome per (tenant, asset, partition): answers "is it materialized?" in one
+# indexed lookup however many partitions and materializations an asset has.
+asset_partitions = sa.Table(
+    "flowstone_asset_partitions",
+    metadata,
+    _tenant(),
+    sa.Column("asset", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("last_status", sa.String(32), nullable=False),
+    sa.Column("last_run_id", sa.String(_ID), nullable=False),
+    sa.Column("last_materialization_id", sa.String(_ID), nullable=False),
+    sa.Column("success_materialization_id", sa.String(_ID)),
+    sa.Column("success_at", Timestamp),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "asset", "partition_key", name="pk_flowstone_asset_partitions"),
+)
+
+lineage = sa.Table(
+    "flowstone_lineage",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("materialization_id", sa.String(_ID), nullable=False),
+    sa.Column("asset", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("upstream_materialization_id", sa.String(_ID), nullable=False),
+    sa.Column("upstream_asset", sa.String(255), nullable=False),
+    sa.Column("upstream_partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("run_id", sa.String(_ID), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_flowstone_lineage_materialization", "materialization_id"),
+    sa.Index("ix_flowstone_lineage_upstream", "upstream_materialization_id"),
+    sa.Index("ix_flowstone_lineage_upstream_asset", "tenant_id", "upstream_asset", "upstream_partition_key"),
+)
+
+events = sa.Table(
+    "flowstone_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(_ID)),
+    sa.Column("asset", sa.String(255)),
+    sa.Column("partition_key", sa.String(1024)),
+    sa.Column("data", sa.JSON),
+    sa.Index("ix_flowstone_events_run", "run_id"),
+    sa.Index("ix_flowstone_events_at", "at"),
+)
+
+# Append-only: what a person (or the API on their behalf) did. Never updated or deleted.
+audit_log = sa.Table(
+    "flowstone_audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("actor_type", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.JSON),
+    sa.Index("ix_flowstone_audit_log_resource", "resource_type", "resource_id"),
+    sa.Index("ix_flowstone_audit_log_at", "at"),
+)
