@@ -96,7 +96,7 @@ class AssetGraph:
                         component.append(member)
                         if member == node:
                             break
-                    if len(component) > 1:
+                    if len(component) > 1 or node in self._children[node]:  # or a self-loop
                         components.append(component)
                 if work:
                     parent = work[-1][0]

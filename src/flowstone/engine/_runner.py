@@ -47,6 +47,7 @@ from flowstone.engine._planner import Plan, PlannedStep, StepKey, typed_partitio
 from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
 from flowstone.io._base import IOContext, IOManager, StoredValue
 from flowstone.store._store import HOST, NewStep, StepOutcome, Store, utcnow
+from flowstone.store._writer import RunWriter
 
 HEARTBEAT_EVERY_S = 5.0
 
@@ -254,6 +255,7 @@ class _Run:
             for i in planned_inputs:
                 self.children[i].append(s.key)
         self.last_heartbeat = time.monotonic()
+        self.writer: RunWriter | None = None
 
     def emit(self, type_: str, key: StepKey | None = None, **data: Any) -> Event:
         event = Event(type_, utcnow(), self.run_id, key[0] if key else None, key[1] if key else None, data)
@@ -279,15 +281,18 @@ class _Run:
             ],
         )
         self.emit(RUN_STARTED, steps=len(self.plan.steps))
+        self.writer = env.store.run_writer()
         try:
             self._loop()
         except BaseException as exc:
             self.executor.shutdown()
+            self.writer.discard()
             env.store.abandon_run(
                 tenant=env.tenant, run_id=self.run_id, reason=f"interrupted: {type(exc).__name__}"
             )
             raise
         self.executor.shutdown()
+        self.writer.close()
         failed = any(r.status is not StepStatus.SUCCEEDED for r in self.results.values())
         status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
         finished_at = env.store.finish_run(tenant=env.tenant, run_id=self.run_id, status=status)
@@ -305,12 +310,15 @@ class _Run:
         ready = deque(s.key for s in self.plan.steps if self.waiting[s.key] == 0)
         inflight: dict[Future[Any], StepKey] = {}
         while ready or inflight:
-            while ready and len(inflight) < self.executor.capacity:
+            starting: list[StepKey] = []
+            while ready and len(inflight) + len(starting) < self.executor.capacity:
                 key = ready.popleft()
                 self._start(key)
-                inflight[
-                    self.executor.submit(functools.partial(_compute, self.env, self.steps[key], self.run_id))
-                ] = key
+                starting.append(key)
+            self._writer.maybe_flush()
+            for key in starting:
+                task = functools.partial(_compute, self.env, self.steps[key], self.run_id)
+                inflight[self.executor.submit(task)] = key
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
                 key = inflight.pop(future)
@@ -323,10 +331,16 @@ class _Run:
                             ready.append(child)
                 else:
                     self._failed(key, computed)
+        self._writer.flush()
+
+    @property
+    def _writer(self) -> RunWriter:
+        assert self.writer is not None, "the run has not started"
+        return self.writer
 
     def _start(self, key: StepKey) -> None:
         self.results[key].status = StepStatus.RUNNING
-        self.env.store.start_step(
+        self._writer.start_step(
             tenant=self.env.tenant,
             run_id=self.run_id,
             step_id=self.step_ids[key],
@@ -376,7 +390,7 @@ class _Run:
         mat = self._materialization(key, computed, "success")
         lineage = [(self.mat_ids[i], i[0], i[1]) for i in self.steps[key].inputs if i in self.mat_ids]
         event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
-        self.env.store.finish_step(
+        self._writer.finish_step(
             tenant=self.env.tenant,
             outcome=StepOutcome(
                 self.step_ids[key],
@@ -407,7 +421,7 @@ class _Run:
         assert computed.error is not None
         mat = self._materialization(key, computed, "failed")
         event = self.emit(STEP_FAILED, key, error=computed.error.to_dict())
-        self.env.store.finish_step(
+        self._writer.finish_step(
             tenant=self.env.tenant,
             outcome=StepOutcome(
                 self.step_ids[key],
@@ -448,7 +462,7 @@ class _Run:
             )
             skipped.append((self.step_ids[key], key[0], key[1], reason, "dependency_failed"))
             frontier.extend(self.children[key])
-        self.env.store.skip_steps(tenant=self.env.tenant, run_id=self.run_id, skipped=skipped)
+        self._writer.skip_steps(tenant=self.env.tenant, run_id=self.run_id, skipped=skipped, at=utcnow())
         for _id, asset, key_, reason, _t in skipped:
             self.emit(STEP_SKIPPED, (asset, key_), reason=reason)
 

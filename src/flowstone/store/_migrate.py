@@ -6,6 +6,7 @@ when there is something to do.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from sqlalchemy.engine import Engine
 HEAD = "0001"
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "flowstone_alembic_version"
+
+# Alembic's ``context`` and ``op`` are process-wide proxies: two upgrades in threads would clash.
+_upgrading = threading.Lock()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -36,10 +40,14 @@ def alembic_config(connection: Any = None) -> Any:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
-    with engine.begin() as conn:
+    with _upgrading, engine.begin() as conn:
+        # Two processes starting at once must not both create the tables: hold the database's
+        # lock before Alembic reads the current version.
         if engine.dialect.name == "postgresql":
-            # Two processes starting at once must not both create the tables.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7426001)"))
+        elif engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside any transaction unless one is opened explicitly.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         command.upgrade(alembic_config(conn), revision)
 
 

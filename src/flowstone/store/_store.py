@@ -28,6 +28,7 @@ from flowstone._records import (
     StepStatus,
 )
 from flowstone.store import _tables as t
+from flowstone.store._writer import RunWriter
 
 HOST = socket.gethostname()
 MAX_LINEAGE_DEPTH = 100
@@ -144,31 +145,6 @@ class Store:
                 retryable=True,
             ) from exc
 
-    def _upsert_partition(self) -> Any:
-        stmt: Any
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            stmt = postgresql.insert(t.asset_partitions)
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            stmt = sqlite.insert(t.asset_partitions)
-        return stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "asset", "partition_key"],
-            set_={
-                "last_status": stmt.excluded.last_status,
-                "last_run_id": stmt.excluded.last_run_id,
-                "last_materialization_id": stmt.excluded.last_materialization_id,
-                "success_materialization_id": sa.func.coalesce(
-                    stmt.excluded.success_materialization_id,
-                    t.asset_partitions.c.success_materialization_id,
-                ),
-                "success_at": sa.func.coalesce(stmt.excluded.success_at, t.asset_partitions.c.success_at),
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
-
     # ------------------------------------------------------------------ runs: writes
     def create_run(
         self,
@@ -237,122 +213,9 @@ class Store:
             self._events(conn, tenant, [{"type": "run.started", "run_id": run_id, "at": now}])
         return now
 
-    def start_step(
-        self,
-        *,
-        tenant: str,
-        run_id: str,
-        step_id: str,
-        asset: str,
-        partition_key: str | None,
-        attempt: int,
-        at: datetime,
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                t.run_steps.update()
-                .where(t.run_steps.c.id == step_id)
-                .values(status=StepStatus.RUNNING.value, started_at=at, attempt=attempt)
-            )
-            self._events(
-                conn,
-                tenant,
-                [
-                    {
-                        "type": "step.started",
-                        "run_id": run_id,
-                        "asset": asset,
-                        "partition_key": _key_in(partition_key),
-                        "at": at,
-                    }
-                ],
-            )
-
-    def finish_step(self, *, tenant: str, outcome: StepOutcome) -> None:
-        """Record a step attempt's materialization, lineage and new step status atomically."""
-        mat = outcome.materialization
-        success = mat.status == "success"
-        with self.engine.begin() as conn:
-            conn.execute(t.materializations.insert(), _materialization_row(mat, tenant))
-            if outcome.lineage:
-                conn.execute(
-                    t.lineage.insert(),
-                    [
-                        {
-                            "tenant_id": tenant,
-                            "materialization_id": mat.id,
-                            "asset": mat.asset,
-                            "partition_key": _key_in(mat.partition_key),
-                            "upstream_materialization_id": up_id,
-                            "upstream_asset": up_asset,
-                            "upstream_partition_key": _key_in(up_key),
-                            "run_id": mat.run_id,
-                            "created_at": mat.finished_at,
-                        }
-                        for up_id, up_asset, up_key in outcome.lineage
-                    ],
-                )
-            conn.execute(
-                t.run_steps.update()
-                .where(t.run_steps.c.id == outcome.step_id)
-                .values(
-                    status=(StepStatus.SUCCEEDED if success else StepStatus.FAILED).value,
-                    finished_at=mat.finished_at,
-                    duration_ms=mat.duration_ms,
-                    materialization_id=mat.id,
-                    error_type=mat.error_type,
-                    error_message=mat.error_message,
-                )
-            )
-            conn.execute(
-                self._upsert_partition(),
-                {
-                    "tenant_id": tenant,
-                    "asset": mat.asset,
-                    "partition_key": _key_in(mat.partition_key),
-                    "last_status": mat.status,
-                    "last_run_id": mat.run_id,
-                    "last_materialization_id": mat.id,
-                    "success_materialization_id": mat.id if success else None,
-                    "success_at": mat.finished_at if success else None,
-                    "updated_at": mat.finished_at,
-                },
-            )
-            self._events(conn, tenant, [dict(outcome.event)])
-            if outcome.heartbeat:
-                conn.execute(t.runs.update().where(t.runs.c.id == mat.run_id).values(heartbeat_at=utcnow()))
-
-    def skip_steps(
-        self, *, tenant: str, run_id: str, skipped: Sequence[tuple[str, str, str | None, str, str]]
-    ) -> None:
-        """Mark steps skipped: (step id, asset, partition key, reason, error type)."""
-        if not skipped:
-            return
-        now = utcnow()
-        with self.engine.begin() as conn:
-            for step_id, _asset, _key, reason, error_type in skipped:
-                conn.execute(
-                    t.run_steps.update()
-                    .where(t.run_steps.c.id == step_id)
-                    .values(
-                        status=StepStatus.SKIPPED.value, reason=reason, error_type=error_type, finished_at=now
-                    )
-                )
-            self._events(
-                conn,
-                tenant,
-                [
-                    {
-                        "type": "step.skipped",
-                        "run_id": run_id,
-                        "asset": asset,
-                        "partition_key": _key_in(key),
-                        "at": now,
-                        "data": {"reason": reason},
-                    }
-                    for _id, asset, key, reason, _type in skipped
-                ],
-            )
+    def run_writer(self) -> RunWriter:
+        """A writer for one run's step transitions (holds one connection until closed)."""
+        return RunWriter(self.engine)
 
     def finish_run(
         self, *, tenant: str, run_id: str, status: RunStatus, error: str | None = None

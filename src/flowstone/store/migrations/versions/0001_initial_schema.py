@@ -132,7 +132,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("selection", sa.JSON(), nullable=False),
         sa.Column("partition_key", sa.String(length=1024), server_default="", nullable=False),
-        sa.Column("force", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("force", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("actor", sa.String(length=255), server_default="system", nullable=False),
         sa.Column("executor", sa.String(length=64), nullable=False),
         sa.Column("host", sa.String(length=255), nullable=False),

@@ -1,0 +1,29 @@
+"""Shared bits of the benchmark scripts: timing, peak memory, one JSON line out."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def arg_n(default: int) -> int:
+    return int(sys.argv[1]) if len(sys.argv) > 1 else default
+
+
+def temp_store() -> tuple[str, Path]:
+    directory = Path(tempfile.mkdtemp(prefix="flowstone-bench-"))
+    return f"sqlite:///{directory}/flowstone.db", directory
+
+
+def report(**figures: Any) -> None:
+    figures["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(figures))

@@ -1,0 +1,59 @@
+"""N trivial assets in a chain, materialized on SQLite with the memory I/O manager.
+
+Every step's materialization, lineage and status are committed to the store as in a real run.
+Prints one JSON line: execution seconds (materialize only), per-asset ms, peak RSS.
+
+    python benchmarks/chain.py 1000
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from _common import arg_n, report, temp_store
+
+import flowstone as fs
+
+
+def build(n: int) -> fs.Pipeline:
+    pipeline = fs.Pipeline("chain", default_io_manager="memory")
+
+    def first(context: fs.Context) -> int:
+        return 0
+
+    pipeline.add(fs.AssetDefinition(name="a0", fn=first, deps=()))
+    for i in range(1, n):
+
+        def step(context: fs.Context, **upstream: Any) -> int:
+            return next(iter(upstream.values())) + 1
+
+        pipeline.add(fs.AssetDefinition(name=f"a{i}", fn=step, deps=(f"a{i - 1}",), takes_var_kwargs=True))
+    return pipeline
+
+
+def main() -> None:
+    n = arg_n(1000)
+    url, directory = temp_store()
+    t0 = time.perf_counter()
+    pipeline = build(n)
+    app = fs.FlowStone(pipeline, store=url)
+    setup_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    run = app.materialize([f"+a{n - 1}"], values=True)
+    execute_s = time.perf_counter() - t1
+    assert run.success and run.steps[f"a{n - 1}"].value == n - 1, run
+    app.close()
+    shutil.rmtree(directory)
+    report(
+        benchmark="chain",
+        assets=n,
+        setup_s=round(setup_s, 4),
+        execute_s=round(execute_s, 4),
+        per_asset_ms=round(execute_s / n * 1000, 4),
+    )
+
+
+if __name__ == "__main__":
+    main()

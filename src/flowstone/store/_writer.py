@@ -1,0 +1,411 @@
+"""The hot path of a run: step transitions written through one DBAPI connection.
+
+A run writes a handful of rows per step. Building and compiling SQLAlchemy statements for each of
+them costs several times more than SQLite takes to execute them, so the statements are compiled
+once per dialect into driver SQL and executed on a raw connection held for the run. Values are
+converted the way SQLAlchemy's own types would store them, so everything reads back the same
+through the ordinary Core queries in ``_store.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from flowstone._errors import StoreError
+from flowstone._records import StepStatus
+from flowstone.store import _tables as t
+
+_MATERIALIZATION_COLUMNS = [c.name for c in t.materializations.columns]
+_EVENT_COLUMNS = ["tenant_id", "at", "type", "run_id", "asset", "partition_key", "data"]
+_LINEAGE_COLUMNS = [
+    "tenant_id",
+    "materialization_id",
+    "asset",
+    "partition_key",
+    "upstream_materialization_id",
+    "upstream_asset",
+    "upstream_partition_key",
+    "run_id",
+    "created_at",
+]
+_PARTITION_COLUMNS = [
+    "tenant_id",
+    "asset",
+    "partition_key",
+    "last_status",
+    "last_run_id",
+    "last_materialization_id",
+    "success_materialization_id",
+    "success_at",
+    "updated_at",
+]
+
+
+def _insert(table: sa.Table, columns: Sequence[str]) -> Any:
+    return table.insert().values({c: sa.bindparam(c) for c in columns})
+
+
+def _statements(dialect_name: str) -> dict[str, Any]:
+    steps = t.run_steps
+    upsert: Any
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        upsert = postgresql.insert(t.asset_partitions)
+    else:
+        from sqlalchemy.dialects import sqlite
+
+        upsert = sqlite.insert(t.asset_partitions)
+    upsert = upsert.values({c: sa.bindparam(c) for c in _PARTITION_COLUMNS}).on_conflict_do_update(
+        index_elements=["tenant_id", "asset", "partition_key"],
+        set_={
+            "last_status": upsert.excluded.last_status,
+            "last_run_id": upsert.excluded.last_run_id,
+            "last_materialization_id": upsert.excluded.last_materialization_id,
+            "success_materialization_id": sa.func.coalesce(
+                upsert.excluded.success_materialization_id,
+                t.asset_partitions.c.success_materialization_id,
+            ),
+            "success_at": sa.func.coalesce(upsert.excluded.success_at, t.asset_partitions.c.success_at),
+            "updated_at": upsert.excluded.updated_at,
+        },
+    )
+    return {
+        "start_step": steps.update()
+        .where(steps.c.id == sa.bindparam("step_id"))
+        .values(
+            status=sa.bindparam("status"), started_at=sa.bindparam("at"), attempt=sa.bindparam("attempt")
+        ),
+        "finish_step": steps.update()
+        .where(steps.c.id == sa.bindparam("step_id"))
+        .values(
+            status=sa.bindparam("status"),
+            finished_at=sa.bindparam("finished_at"),
+            duration_ms=sa.bindparam("duration_ms"),
+            materialization_id=sa.bindparam("materialization_id"),
+            error_type=sa.bindparam("error_type"),
+            error_message=sa.bindparam("error_message"),
+        ),
+        "skip_step": steps.update()
+        .where(steps.c.id == sa.bindparam("step_id"))
+        .values(
+            status=sa.bindparam("status"),
+            reason=sa.bindparam("reason"),
+            error_type=sa.bindparam("error_type"),
+            finished_at=sa.bindparam("finished_at"),
+        ),
+        "heartbeat": t.runs.update()
+        .where(t.runs.c.id == sa.bindparam("run_id"))
+        .values(heartbeat_at=sa.bindparam("at")),
+        "event": _insert(t.events, _EVENT_COLUMNS),
+        "materialization": _insert(t.materializations, _MATERIALIZATION_COLUMNS),
+        "lineage": _insert(t.lineage, _LINEAGE_COLUMNS),
+        "upsert_partition": upsert,
+    }
+
+
+@cache
+def _compiled(dialect_name: str, paramstyle: str) -> dict[str, str]:
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        dialect: Any = psycopg.dialect(paramstyle=paramstyle)  # type: ignore[no-untyped-call]
+    else:
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        dialect = pysqlite.dialect(paramstyle=paramstyle)
+    return {name: str(stmt.compile(dialect=dialect)) for name, stmt in _statements(dialect_name).items()}
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    # The format SQLAlchemy's SQLite DateTime type stores (timezone dropped; we always write UTC).
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+class RunWriter:
+    """Writes one run's step transitions; one instance per run.
+
+    Group commit: writes are buffered and committed together at most ``flush_interval`` seconds
+    after they were made (by the runner between steps, or by a small background ticker while a
+    long step computes). Every step's rows are committed, in order, and always after its value was
+    stored; a crash inside the window only loses records of steps that then simply run again.
+    """
+
+    def __init__(self, engine: Engine, *, flush_interval: float = 0.02) -> None:
+        self.dialect = engine.dialect.name
+        paramstyle = "named" if self.dialect == "sqlite" else "pyformat"
+        self._sql = _compiled(self.dialect, paramstyle)
+        self._when: Callable[[datetime | None], Any] = (
+            (lambda v: None if v is None else _sqlite_datetime(v))
+            if self.dialect == "sqlite"
+            else (lambda v: v)
+        )
+        self._bool: Callable[[bool | None], Any] = (
+            (lambda v: None if v is None else int(v)) if self.dialect == "sqlite" else (lambda v: v)
+        )
+        self._raw = engine.raw_connection()
+        self._buffer: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._error: StoreError | None = None
+        self._closed = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="flowstone-run-writer", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._closed.wait(self._interval):
+            try:
+                self.maybe_flush()
+            except StoreError as exc:  # re-raised to the runner by its next call
+                self._error = exc
+
+    def close(self) -> None:
+        """Flush what is left and release the connection."""
+        self._closed.set()
+        self._ticker.join()
+        try:
+            self.flush()
+        finally:
+            self._raw.close()
+
+    def discard(self) -> None:
+        """Drop unflushed writes and release the connection (the run is being abandoned)."""
+        self._closed.set()
+        self._ticker.join()
+        with self._lock:
+            self._buffer.clear()
+        self._raw.close()
+
+    def _write(self, calls: Sequence[tuple[str, Any]]) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        with self._lock:
+            self._buffer.extend(calls)
+
+    def maybe_flush(self) -> None:
+        if self._buffer and time.monotonic() - self._last_flush >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything written since the last flush, in one transaction."""
+        with self._lock:
+            self._last_flush = time.monotonic()
+            if not self._buffer:
+                return
+            calls, self._buffer = self._buffer, []
+            # One executemany per statement, in order of first use. Safe because the only rows
+            # written by two statements are a step's (start, then finish/skip) updates, and every
+            # statement's rows keep their order.
+            grouped: dict[str, list[Any]] = {}
+            for name, params in calls:
+                rows = grouped.setdefault(name, [])
+                if isinstance(params, list):
+                    rows.extend(params)
+                else:
+                    rows.append(params)
+            cursor = self._raw.cursor()
+            try:
+                for name, rows in grouped.items():
+                    if rows:
+                        cursor.executemany(self._sql[name], rows)
+                self._raw.commit()
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # the connection may be gone; keep the first error
+                    self._raw.rollback()
+                raise StoreError(f"could not record step state: {exc}", original=exc, retryable=True) from exc
+            finally:
+                cursor.close()
+
+    def _event(self, tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
+        data = event.get("data")
+        return {
+            "tenant_id": tenant,
+            "at": self._when(event["at"]),
+            "type": event["type"],
+            "run_id": event.get("run_id"),
+            "asset": event.get("asset"),
+            "partition_key": event.get("partition_key"),
+            "data": json.dumps(data) if data else None,
+        }
+
+    def start_step(
+        self,
+        *,
+        tenant: str,
+        run_id: str,
+        step_id: str,
+        asset: str,
+        partition_key: str | None,
+        attempt: int,
+        at: datetime,
+    ) -> None:
+        self._write(
+            [
+                (
+                    "start_step",
+                    {
+                        "step_id": step_id,
+                        "status": StepStatus.RUNNING.value,
+                        "at": self._when(at),
+                        "attempt": attempt,
+                    },
+                ),
+                (
+                    "event",
+                    [
+                        self._event(
+                            tenant,
+                            {
+                                "type": "step.started",
+                                "run_id": run_id,
+                                "asset": asset,
+                                "partition_key": partition_key or "",
+                                "at": at,
+                            },
+                        )
+                    ],
+                ),
+            ]
+        )
+
+    def finish_step(self, *, tenant: str, outcome: Any) -> None:
+        """Materialization, lineage, step status, latest partition state and event: one commit."""
+        mat = outcome.materialization
+        success = mat.status == "success"
+        key = mat.partition_key or ""
+        finished = self._when(mat.finished_at)
+        calls: list[tuple[str, Any]] = [
+            (
+                "materialization",
+                {
+                    "id": mat.id,
+                    "tenant_id": tenant,
+                    "run_id": mat.run_id,
+                    "step_id": outcome.step_id,
+                    "asset": mat.asset,
+                    "partition_key": key,
+                    "status": mat.status,
+                    "started_at": self._when(mat.started_at),
+                    "finished_at": finished,
+                    "duration_ms": mat.duration_ms,
+                    "value_hash": mat.value_hash,
+                    "value_size": mat.value_size,
+                    "io_manager": mat.io_manager,
+                    "code_version": mat.code_version,
+                    "host": mat.host,
+                    "pid": mat.pid,
+                    "attempt": mat.attempt,
+                    "metadata": json.dumps(mat.metadata) if mat.metadata else None,
+                    "error_type": mat.error_type,
+                    "error_message": mat.error_message,
+                    "error_traceback": mat.error_traceback,
+                    "retryable": self._bool(mat.retryable),
+                },
+            ),
+            (
+                "lineage",
+                [
+                    {
+                        "tenant_id": tenant,
+                        "materialization_id": mat.id,
+                        "asset": mat.asset,
+                        "partition_key": key,
+                        "upstream_materialization_id": up_id,
+                        "upstream_asset": up_asset,
+                        "upstream_partition_key": up_key or "",
+                        "run_id": mat.run_id,
+                        "created_at": finished,
+                    }
+                    for up_id, up_asset, up_key in outcome.lineage
+                ],
+            ),
+            (
+                "finish_step",
+                {
+                    "step_id": outcome.step_id,
+                    "status": (StepStatus.SUCCEEDED if success else StepStatus.FAILED).value,
+                    "finished_at": finished,
+                    "duration_ms": mat.duration_ms,
+                    "materialization_id": mat.id,
+                    "error_type": mat.error_type,
+                    "error_message": mat.error_message,
+                },
+            ),
+            (
+                "upsert_partition",
+                {
+                    "tenant_id": tenant,
+                    "asset": mat.asset,
+                    "partition_key": key,
+                    "last_status": mat.status,
+                    "last_run_id": mat.run_id,
+                    "last_materialization_id": mat.id,
+                    "success_materialization_id": mat.id if success else None,
+                    "success_at": finished if success else None,
+                    "updated_at": finished,
+                },
+            ),
+            ("event", [self._event(tenant, outcome.event)]),
+        ]
+        if outcome.heartbeat:
+            calls.append(("heartbeat", {"run_id": mat.run_id, "at": finished}))
+        self._write(calls)
+
+    def skip_steps(
+        self,
+        *,
+        tenant: str,
+        run_id: str,
+        skipped: Sequence[tuple[str, str, str | None, str, str]],
+        at: datetime,
+    ) -> None:
+        """Mark steps skipped: (step id, asset, partition key, reason, error type)."""
+        if not skipped:
+            return
+        when = self._when(at)
+        self._write(
+            [
+                (
+                    "skip_step",
+                    [
+                        {
+                            "step_id": step_id,
+                            "status": StepStatus.SKIPPED.value,
+                            "reason": reason,
+                            "error_type": error_type,
+                            "finished_at": when,
+                        }
+                        for step_id, _asset, _key, reason, error_type in skipped
+                    ],
+                ),
+                (
+                    "event",
+                    [
+                        self._event(
+                            tenant,
+                            {
+                                "type": "step.skipped",
+                                "run_id": run_id,
+                                "asset": asset,
+                                "partition_key": key or "",
+                                "at": at,
+                                "data": {"reason": reason},
+                            },
+                        )
+                        for _id, asset, key, reason, _type in skipped
+                    ],
+                ),
+            ]
+        )
