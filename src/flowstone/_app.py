@@ -7,7 +7,6 @@ app.lineage.upstream("daily_report", partition="2025-01-15")
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -76,8 +75,9 @@ class FlowStone:
         self.resources: dict[str, Any] = dict(resources or {})
         self.events = EventBus()
         self.lineage = Lineage(self)
-        self._lock = threading.Lock()
-        self._recovered = False
+        # A run whose process died (killed, crashed, machine restarted) is marked abandoned now,
+        # so its steps show as not done and the next materialize runs them again.
+        self.recover()
 
     def __repr__(self) -> str:
         return f"FlowStone({self.pipeline.name!r}, store={self.store.engine.url!r})"
@@ -134,22 +134,21 @@ class FlowStone:
         ``parallel`` > 1 runs independent steps on that many threads; ``values=True`` keeps
         each step's value on the result (``run.steps["x"].value``).
         """
+        plan = self.plan(selection, partition=partition, force=force)
+        return self.execute(plan, parallel=parallel, values=values, actor=actor)
+
+    def execute(
+        self, plan: Plan, *, parallel: int = 1, values: bool = False, actor: str = "api"
+    ) -> RunResult:
+        """Run a plan made by :meth:`plan` (what ``materialize`` does after planning)."""
         from flowstone.engine._runner import RunEnv, execute_plan
 
-        self._recover_once()
-        plan = self.plan(selection, partition=partition, force=force)
         env = RunEnv(self.pipeline, self.store, self.tenant, self.io_managers, self.resources, self.events)
         return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
 
     def recover(self, *, stale_after: timedelta | None = None) -> list[str]:
         """Mark runs whose process died as abandoned (done automatically before the first run)."""
         return self.store.recover(tenant=self.tenant, stale_after=stale_after)
-
-    def _recover_once(self) -> None:
-        with self._lock:
-            if not self._recovered:
-                self._recovered = True
-                self.recover()
 
     # ------------------------------------------------------------------ reading
     def runs(self, *, limit: int = 20, status: str | None = None) -> list[RunRecord]:

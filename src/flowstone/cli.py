@@ -212,13 +212,7 @@ def materialize(
 
     unsubscribe = app.events.subscribe(show)
     try:
-        result = app.materialize(
-            list(selection),
-            partition=partition,
-            force=force,
-            parallel=parallel,
-            actor=f"user:{getpass.getuser()}",
-        )
+        result = app.execute(plan, parallel=parallel, actor=f"user:{getpass.getuser()}")
     finally:
         unsubscribe()
     style = STATUS_STYLE.get(result.status.value, "")

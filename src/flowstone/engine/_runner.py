@@ -46,10 +46,8 @@ from flowstone._records import Materialization, RunStatus, StepStatus
 from flowstone.engine._planner import Plan, PlannedStep, StepKey, typed_partition
 from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
 from flowstone.io._base import IOContext, IOManager, StoredValue
-from flowstone.store._store import HOST, NewStep, StepOutcome, Store, utcnow
-from flowstone.store._writer import RunWriter
-
-HEARTBEAT_EVERY_S = 5.0
+from flowstone.store._store import HOST, NewStep, Store, utcnow
+from flowstone.store._writer import RunWriter, StepOutcome
 
 
 class Executor(Protocol):
@@ -254,7 +252,6 @@ class _Run:
             self.waiting[s.key] = len(planned_inputs)
             for i in planned_inputs:
                 self.children[i].append(s.key)
-        self.last_heartbeat = time.monotonic()
         self.writer: RunWriter | None = None
 
     def emit(self, type_: str, key: StepKey | None = None, **data: Any) -> Event:
@@ -281,7 +278,7 @@ class _Run:
             ],
         )
         self.emit(RUN_STARTED, steps=len(self.plan.steps))
-        self.writer = env.store.run_writer()
+        self.writer = env.store.run_writer(self.run_id)
         try:
             self._loop()
         except BaseException as exc:
@@ -351,13 +348,6 @@ class _Run:
         )
         self.emit(STEP_STARTED, key)
 
-    def _heartbeat_due(self) -> bool:
-        now = time.monotonic()
-        if now - self.last_heartbeat >= HEARTBEAT_EVERY_S:
-            self.last_heartbeat = now
-            return True
-        return False
-
     def _materialization(self, key: StepKey, computed: _Computed, status: str) -> Materialization:
         asset = self.env.pipeline.assets[key[0]]
         stored = computed.stored
@@ -404,7 +394,6 @@ class _Run:
                     "at": event.at,
                     "data": event.data,
                 },
-                heartbeat=self._heartbeat_due(),
             ),
         )
         self.mat_ids[key] = mat.id
@@ -435,7 +424,6 @@ class _Run:
                     "at": event.at,
                     "data": event.data,
                 },
-                heartbeat=self._heartbeat_due(),
             ),
         )
         result = self.results[key]

@@ -98,17 +98,6 @@ class NewStep:
     upstream: list[list[str]]
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    """Everything written when a step attempt ends, in one transaction."""
-
-    step_id: str
-    materialization: Materialization
-    lineage: Sequence[tuple[str, str, str | None]]  # (upstream mat id, upstream asset, key)
-    event: Mapping[str, Any]
-    heartbeat: bool = False
-
-
 class Store:
     """Runs, steps, materializations, lineage, events and audit rows, per tenant.
 
@@ -213,9 +202,9 @@ class Store:
             self._events(conn, tenant, [{"type": "run.started", "run_id": run_id, "at": now}])
         return now
 
-    def run_writer(self) -> RunWriter:
+    def run_writer(self, run_id: str) -> RunWriter:
         """A writer for one run's step transitions (holds one connection until closed)."""
-        return RunWriter(self.engine)
+        return RunWriter(self.engine, run_id)
 
     def finish_run(
         self, *, tenant: str, run_id: str, status: RunStatus, error: str | None = None

@@ -14,7 +14,8 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -22,8 +23,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from flowstone._errors import StoreError
-from flowstone._records import StepStatus
+from flowstone._records import Materialization, StepStatus
 from flowstone.store import _tables as t
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """Everything written when a step attempt ends, in one transaction."""
+
+    step_id: str
+    materialization: Materialization
+    lineage: Sequence[tuple[str, str, str | None]]  # (upstream mat id, upstream asset, key)
+    event: Mapping[str, Any]
+
 
 _MATERIALIZATION_COLUMNS = [c.name for c in t.materializations.columns]
 _EVENT_COLUMNS = ["tenant_id", "at", "type", "run_id", "asset", "partition_key", "data"]
@@ -127,6 +139,10 @@ def _compiled(dialect_name: str, paramstyle: str) -> dict[str, str]:
     return {name: str(stmt.compile(dialect=dialect)) for name, stmt in _statements(dialect_name).items()}
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def _sqlite_datetime(value: datetime) -> str:
     # The format SQLAlchemy's SQLite DateTime type stores (timezone dropped; we always write UTC).
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -141,7 +157,10 @@ class RunWriter:
     stored; a crash inside the window only loses records of steps that then simply run again.
     """
 
-    def __init__(self, engine: Engine, *, flush_interval: float = 0.02) -> None:
+    def __init__(
+        self, engine: Engine, run_id: str, *, flush_interval: float = 0.02, heartbeat_every: float = 5.0
+    ) -> None:
+        self.run_id = run_id
         self.dialect = engine.dialect.name
         paramstyle = "named" if self.dialect == "sqlite" else "pyformat"
         self._sql = _compiled(self.dialect, paramstyle)
@@ -158,14 +177,21 @@ class RunWriter:
         self._lock = threading.Lock()
         self._interval = flush_interval
         self._last_flush = time.monotonic()
+        self._heartbeat_every = heartbeat_every
+        self._last_heartbeat = time.monotonic()
         self._error: StoreError | None = None
         self._closed = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="flowstone-run-writer", daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
+        # Also keeps the run's heartbeat fresh while a long step computes, so `runs recover
+        # --stale-after` on another host never takes a live run for a dead one.
         while not self._closed.wait(self._interval):
             try:
+                if time.monotonic() - self._last_heartbeat >= self._heartbeat_every:
+                    self._last_heartbeat = time.monotonic()
+                    self._write([("heartbeat", {"run_id": self.run_id, "at": self._when(_utcnow())})])
                 self.maybe_flush()
             except StoreError as exc:  # re-raised to the runner by its next call
                 self._error = exc
@@ -280,7 +306,7 @@ class RunWriter:
             ]
         )
 
-    def finish_step(self, *, tenant: str, outcome: Any) -> None:
+    def finish_step(self, *, tenant: str, outcome: StepOutcome) -> None:
         """Materialization, lineage, step status, latest partition state and event: one commit."""
         mat = outcome.materialization
         success = mat.status == "success"
@@ -359,8 +385,6 @@ class RunWriter:
             ),
             ("event", [self._event(tenant, outcome.event)]),
         ]
-        if outcome.heartbeat:
-            calls.append(("heartbeat", {"run_id": mat.run_id, "at": finished}))
         self._write(calls)
 
     def skip_steps(
