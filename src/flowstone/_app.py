@@ -52,7 +52,11 @@ class FlowStone:
         from flowstone.store._store import Store
 
         overrides = dict(io_managers or {})
-        pipeline.validate(extra_io_managers=list(overrides))
+        for name, manager in {**pipeline.io_managers, **overrides}.items():
+            if not isinstance(manager, IOManager):
+                raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
+        self.resources: dict[str, Any] = dict(resources or {})
+        pipeline.validate(extra_io_managers=list(overrides), resources=list(self.resources))
         self.pipeline = pipeline
         self.tenant = tenant
         if store is None:
@@ -69,10 +73,6 @@ class FlowStone:
         }
         self.io_managers.update(pipeline.io_managers)
         self.io_managers.update(overrides)
-        for name, manager in self.io_managers.items():
-            if not isinstance(manager, IOManager):
-                raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
-        self.resources: dict[str, Any] = dict(resources or {})
         self.events = EventBus()
         self.lineage = Lineage(self)
         # A run whose process died (killed, crashed, machine restarted) is marked abandoned now,

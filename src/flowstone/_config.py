@@ -12,6 +12,7 @@ relative SQLite URLs, are taken from there::
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -96,7 +97,9 @@ def load_settings(
         raise ConfigurationError(f"{path}: flowstone settings must be a table")
     for key, value in values.items():
         if key not in KEYS:
-            raise ConfigurationError(f"{path}: unknown setting {key!r} (known: {sorted(KEYS)})")
+            guesses = difflib.get_close_matches(str(key), sorted(KEYS), n=1, cutoff=0.6)
+            hint = f"; did you mean {guesses[0]!r}?" if guesses else ""
+            raise ConfigurationError(f"{path}: unknown setting {key!r}{hint} (known: {sorted(KEYS)})")
         if not isinstance(value, str):
             raise ConfigurationError(f"{path}: setting {key!r} must be a string, got {value!r}")
     merged: dict[str, str] = dict(values)

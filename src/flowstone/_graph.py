@@ -20,7 +20,8 @@ from typing import Any
 
 from flowstone._errors import AssetNotFound
 
-_SELECT = re.compile(r"^(?:(\d*)(\+))?([A-Za-z_][A-Za-z0-9_]*)(?:(\+)(\d*))?$")
+# Asset names are Python identifiers, which may be non-ASCII (``données``).
+_SELECT = re.compile(r"^(?:(\d*)(\+))?([^\W\d]\w*)(?:(\+)(\d*))?$")
 
 
 class AssetGraph:

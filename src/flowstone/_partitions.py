@@ -11,7 +11,7 @@ Each definition owns its codec: ``to_value(key)`` turns the canonical string key
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 
@@ -100,10 +100,13 @@ class DailyPartitions(PartitionsDefinition):
         return hash((self.start, self.end))
 
     def __repr__(self) -> str:
-        return f"DailyPartitions(start={self.start.isoformat()!r}, end={self.end!r})"
+        end = repr(self.end.isoformat()) if self.end else None
+        return f"DailyPartitions(start={self.start.isoformat()!r}, end={end})"
 
 
 def _as_date(value: str | date, field: str) -> date:
+    if isinstance(value, datetime):  # a datetime is a date, but does not compare with one
+        return value.date()
     if isinstance(value, date):
         return value
     try:

@@ -124,8 +124,14 @@ class Pipeline:
         return self._graph
 
     # ------------------------------------------------------------------ validation
-    def problems(self, *, extra_io_managers: Sequence[str] = ()) -> list[Problem]:
-        """Every whole-pipeline problem, each naming the asset and its file:line."""
+    def problems(
+        self, *, extra_io_managers: Sequence[str] = (), resources: Sequence[str] | None = None
+    ) -> list[Problem]:
+        """Every whole-pipeline problem, each naming the asset and its file:line.
+
+        ``resources``, when given, are the resource names that will be available: an asset that
+        ``requires`` another one is a problem (``FlowStone`` passes its own).
+        """
         found: list[Problem] = []
         known_io = set(BUILTIN_IO_MANAGERS) | set(self.io_managers) | set(extra_io_managers)
         for dup in self._duplicates:
@@ -159,6 +165,17 @@ class Pipeline:
                     found.append(
                         Problem("partition_mismatch", problem, asset=asset.name, location=asset.location)
                     )
+            for name in asset.requires:
+                if resources is not None and name not in resources:
+                    found.append(
+                        Problem(
+                            "unknown_resource",
+                            f"requires resource '{name}' but none is configured "
+                            f"(configured: {sorted(resources)})",
+                            asset=asset.name,
+                            location=asset.location,
+                        )
+                    )
             manager = asset.io_manager or self.default_io_manager
             if manager not in known_io:
                 guesses = difflib.get_close_matches(manager, sorted(known_io), n=1, cutoff=0.6)
@@ -183,9 +200,11 @@ class Pipeline:
             )
         return found
 
-    def validate(self, *, extra_io_managers: Sequence[str] = ()) -> None:
+    def validate(
+        self, *, extra_io_managers: Sequence[str] = (), resources: Sequence[str] | None = None
+    ) -> None:
         """Raise PipelineInvalid listing every problem, or return quietly."""
-        problems = self.problems(extra_io_managers=extra_io_managers)
+        problems = self.problems(extra_io_managers=extra_io_managers, resources=resources)
         if problems:
             raise PipelineInvalid(problems)
 
@@ -225,7 +244,7 @@ def load_pipeline(target: str, *, search_path: Sequence[str | Path] = ()) -> Pip
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise ConfigurationError(
                 f"cannot import pipeline module {module_name!r}: {exc}",
                 context={"pipeline": target},

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flowstone._config import Settings, load_settings
 from flowstone._durations import parse_duration
-from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid
+from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid, ValidationError
 from flowstone._events import STEP_FAILED, STEP_SKIPPED, STEP_STARTED, STEP_SUCCEEDED, Event
 from flowstone._pipeline import Pipeline, load_pipeline
 
@@ -99,7 +100,8 @@ class _State:
         return self._app
 
 
-def _fail(error: BaseException, verbose: bool) -> NoReturn:
+def _fail(error: BaseException, verbose: bool, *, exit_code: int | None = None) -> NoReturn:
+    """Print ``error`` for a user and exit: ``exit_code`` overrides the error's own code."""
     err = _console(stderr=True)
     if isinstance(error, PipelineInvalid):
         err.print(f"[red]error:[/red] pipeline is invalid ({len(error.problems)} problem(s)):")
@@ -107,11 +109,11 @@ def _fail(error: BaseException, verbose: bool) -> NoReturn:
             err.print(f"  - {problem}", markup=False)
         sys.exit(2)
     if isinstance(error, FlowStoneError):
-        err.print(f"[red]error[/red] [{error.type}]: ", end="")
+        err.print(f"[red]error[/red] {escape(f'[{error.type}]')}: ", end="")
         err.print(error.user_message, markup=False)
         if verbose:
             err.print(error.developer_message, markup=False)
-        sys.exit(error.exit_code)
+        sys.exit(error.exit_code if exit_code is None else exit_code)
     err.print("[red]error:[/red] unexpected failure: ", end="")
     err.print(f"{type(error).__name__}: {error}", markup=False)
     err.print("".join(traceback.format_exception(error)), markup=False)
@@ -186,29 +188,35 @@ def materialize(
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
     out = _console()
-    plan = app.plan(list(selection), partition=partition, force=force)
+    try:
+        plan = app.plan(list(selection), partition=partition, force=force)
+    except ValidationError as exc:  # a bad --partition or selection: bad input, nothing ran
+        _fail(exc, state.verbose, exit_code=2)
     if not plan.steps:
         out.print(
             f"nothing to do: {', '.join(a for a, _ in plan.up_to_date)} already materialized "
-            "(use --force to re-run)"
+            "(use --force to re-run)",
+            markup=False,
         )
     else:
         out.print(
-            f"materializing {len(plan.steps)} step(s)" + (f" for partition {partition}" if partition else "")
+            f"materializing {len(plan.steps)} step(s)" + (f" for partition {partition}" if partition else ""),
+            markup=False,
         )
 
     def show(event: Event) -> None:
-        where = f" [{event.partition_key}]" if event.partition_key else ""
+        where = escape(f"{event.asset} [{event.partition_key}]" if event.partition_key else f"{event.asset}")
         if event.type == STEP_STARTED and parallel > 1:
-            out.print(f"  [yellow]…[/yellow] {event.asset}{where} started")
+            out.print(f"  [yellow]…[/yellow] {where} started")
         elif event.type == STEP_SUCCEEDED:
-            out.print(f"  [green]✓[/green] {event.asset}{where} ({event.data.get('duration_ms', 0):.1f} ms)")
+            out.print(f"  [green]✓[/green] {where} ({event.data.get('duration_ms', 0):.1f} ms)")
         elif event.type == STEP_FAILED:
             error = event.data.get("error", {})
-            out.print(f"  [red]✗[/red] {event.asset}{where}: [{error.get('type')}] ", end="")
-            out.print(str(error.get("message")), markup=False)
+            out.print(f"  [red]✗[/red] {where}: ", end="")
+            out.print(f"[{error.get('type')}] {error.get('message')}", markup=False)
         elif event.type == STEP_SKIPPED:
-            out.print(f"  [magenta]-[/magenta] {event.asset}{where} skipped: {event.data.get('reason')}")
+            out.print(f"  [magenta]-[/magenta] {where} skipped: ", end="")
+            out.print(str(event.data.get("reason")), markup=False)
 
     unsubscribe = app.events.subscribe(show)
     try:
@@ -256,14 +264,13 @@ def assets(state: _State) -> None:
         definition = app.pipeline.assets[name]
         rows = states.get(name, [])
         last = max((r.success_at for r in rows if r.success_at), default=None)
-        if definition.partitioned_by is None:
+        partitions = "-" if definition.partitioned_by is None else type(definition.partitioned_by).__name__
+        if definition.partitioned_by is None or not rows:
             status = _status(rows[0].last_status if rows else None)
-            partitions = "-"
         else:
             ok = sum(1 for r in rows if r.last_status == "success")
             bad = sum(1 for r in rows if r.last_status != "success")
             status = f"[green]{ok} ok[/green]" + (f", [red]{bad} failed[/red]" if bad else "")
-            partitions = type(definition.partitioned_by).__name__
         table.add_row(
             name,
             ", ".join(definition.deps) or "-",
@@ -293,12 +300,12 @@ def runs(ctx: click.Context, limit: int, status: str | None) -> None:
             table.add_row(
                 run.id[:12],
                 _status(run.status.value),
-                " ".join(run.selection),
-                run.partition_key or "-",
+                escape(" ".join(run.selection)),
+                escape(run.partition_key or "-"),
                 str(run.step_count),
                 _when(run.started_at),
                 _ms(run.duration_ms),
-                run.actor,
+                escape(run.actor),
             )
         _console().print(table)
 
@@ -310,9 +317,17 @@ def runs(ctx: click.Context, limit: int, status: str | None) -> None:
 @_pass_state
 def runs_recover(state: _State, stale_after: str | None) -> None:
     """Mark runs whose process died as abandoned, so their steps can run again."""
-    app = state.app()
+    from flowstone.store import Store
+
     delta = timedelta(seconds=parse_duration(stale_after)) if stale_after else None
-    dead = app.recover(stale_after=delta)
+    # The store alone, not ``state.app()``: binding the pipeline would already recover the dead
+    # runs (and this would report none), and recovering must work while the pipeline is broken.
+    settings = state.settings
+    store = Store.open(settings.store_url)
+    try:
+        dead = store.recover(tenant=settings.tenant, stale_after=delta)
+    finally:
+        store.close()
     _console().print(f"{len(dead)} run(s) marked abandoned" + (": " + ", ".join(dead) if dead else ""))
 
 
@@ -329,20 +344,26 @@ def run_show(state: _State, run_id: str) -> None:
     app = state.app()
     found = app.run(run_id)
     if found is None:
-        raise FlowStoneError(f"no run {run_id!r} (see `flowstone runs`)", context={"run_id": run_id})
+        missing = FlowStoneError(
+            f"no run {run_id!r} (give a full run id or a unique prefix of at least 4 characters; "
+            "see `flowstone runs`)",
+            context={"run_id": run_id},
+        )
+        _fail(missing, state.verbose, exit_code=2)
     record, steps = found
     out = _console()
-    out.print(f"run {record.id}  {_status(record.status.value)}  pipeline {record.pipeline}")
+    out.print(f"run {record.id}  {_status(record.status.value)}  pipeline {escape(record.pipeline)}")
     out.print(
         f"selection: {' '.join(record.selection)}   partition: {record.partition_key or '-'}   "
-        f"by {record.actor} on {record.host} (pid {record.pid}, {record.executor})"
+        f"by {record.actor} on {record.host} (pid {record.pid}, {record.executor})",
+        markup=False,
     )
     out.print(
         f"started {_when(record.started_at)}  finished {_when(record.finished_at)}  "
         f"duration {_ms(record.duration_ms)}"
     )
     if record.error:
-        out.print(f"[red]{record.error}[/red]")
+        out.print(f"[red]{escape(record.error)}[/red]")
     table = Table()
     for col in ("#", "asset", "partition", "status", "duration", "materialization", "detail"):
         table.add_column(col)
@@ -351,11 +372,11 @@ def run_show(state: _State, run_id: str) -> None:
         table.add_row(
             str(step.position + 1),
             step.asset,
-            step.partition_key or "-",
+            escape(step.partition_key or "-"),
             _status(step.status.value),
             _ms(step.duration_ms),
             (step.materialization_id or "-")[:12],
-            detail,
+            escape(detail),
         )
     out.print(table)
     if state.verbose:
@@ -380,7 +401,7 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
         query = getattr(app.lineage, direction)
         entries: list[LineageEntry] = query(asset, partition=partition, depth=depth)
         where = f" [{partition}]" if partition else ""
-        table = Table(title=f"{direction} of {asset}{where}")
+        table = Table(title=escape(f"{direction} of {asset}{where}"))
         columns = ["depth", "asset", "partition", "materialization", "status", "materialized"]
         if direction == "impact":
             columns.append("stale")
@@ -390,7 +411,7 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
             row = [
                 str(e.depth),
                 e.asset,
-                e.partition_key or "-",
+                escape(e.partition_key or "-"),
                 (e.materialization_id or "-")[:12],
                 _status(e.status),
                 _when(e.finished_at),
@@ -400,7 +421,7 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
             table.add_row(*row)
         out = _console()
         if not entries:
-            out.print(f"no {direction} lineage recorded for {asset}{where}")
+            out.print(f"no {direction} lineage recorded for {asset}{where}", markup=False)
         else:
             out.print(table)
 

@@ -458,6 +458,8 @@ class _Run:
 def execute_plan(
     env: RunEnv, plan: Plan, *, parallel: int = 1, keep_values: bool = False, actor: str = "api"
 ) -> RunResult:
-    executor: Executor = SerialExecutor() if parallel <= 1 else ThreadPoolStepExecutor(parallel)
+    if parallel < 1:
+        raise ValueError(f"parallel must be at least 1, got {parallel}")
+    executor: Executor = SerialExecutor() if parallel == 1 else ThreadPoolStepExecutor(parallel)
     run = _Run(env, plan, executor, keep_values=keep_values)
     return run.execute(actor=actor, executor_name=getattr(executor, "name", "custom"))
