@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from flowstone._assets import AssetDefinition, build_asset, is_identifier
+from flowstone._assets import AssetDefinition, build_asset
 from flowstone._errors import ConfigurationError, PipelineInvalid, Problem
 from flowstone._graph import AssetGraph, unknown_asset
 from flowstone._partitions import PartitionsDefinition
@@ -44,7 +44,7 @@ class Pipeline:
         io_managers: Mapping[str, Any] | None = None,
         default_io_manager: str = "filesystem",
     ) -> None:
-        if not is_identifier(name) and not (isinstance(name, str) and name.replace("-", "_").isidentifier()):
+        if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
             raise ValueError(f"pipeline name {name!r} must be an identifier (dashes allowed)")
         self.name = name
         self.io_managers: dict[str, Any] = dict(io_managers or {})

@@ -337,16 +337,8 @@ class _Run:
 
     def _start(self, key: StepKey) -> None:
         self.results[key].status = StepStatus.RUNNING
-        self._writer.start_step(
-            tenant=self.env.tenant,
-            run_id=self.run_id,
-            step_id=self.step_ids[key],
-            asset=key[0],
-            partition_key=key[1],
-            attempt=1,
-            at=utcnow(),
-        )
-        self.emit(STEP_STARTED, key)
+        event = self.emit(STEP_STARTED, key)
+        self._writer.start_step(tenant=self.env.tenant, step_id=self.step_ids[key], attempt=1, event=event)
 
     def _materialization(self, key: StepKey, computed: _Computed, status: str) -> Materialization:
         asset = self.env.pipeline.assets[key[0]]
@@ -376,65 +368,33 @@ class _Run:
             tenant=self.env.tenant,
         )
 
-    def _succeeded(self, key: StepKey, computed: _Computed) -> None:
-        mat = self._materialization(key, computed, "success")
+    def _record(self, key: StepKey, computed: _Computed, event: Event) -> Materialization:
+        ok = computed.error is None
+        mat = self._materialization(key, computed, "success" if ok else "failed")
         lineage = [(self.mat_ids[i], i[0], i[1]) for i in self.steps[key].inputs if i in self.mat_ids]
-        event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
         self._writer.finish_step(
             tenant=self.env.tenant,
-            outcome=StepOutcome(
-                self.step_ids[key],
-                mat,
-                lineage,
-                {
-                    "type": event.type,
-                    "run_id": self.run_id,
-                    "asset": key[0],
-                    "partition_key": key[1] or "",
-                    "at": event.at,
-                    "data": event.data,
-                },
-            ),
-        )
-        self.mat_ids[key] = mat.id
-        result = self.results[key]
-        result.status = StepStatus.SUCCEEDED
-        result.materialization = mat
-        result.duration_ms = computed.duration_ms
-        if self.keep_values:
-            result._value = computed.value
-        else:
-            result._value = _NOT_KEPT
-
-    def _failed(self, key: StepKey, computed: _Computed) -> None:
-        assert computed.error is not None
-        mat = self._materialization(key, computed, "failed")
-        event = self.emit(STEP_FAILED, key, error=computed.error.to_dict())
-        self._writer.finish_step(
-            tenant=self.env.tenant,
-            outcome=StepOutcome(
-                self.step_ids[key],
-                mat,
-                (),
-                {
-                    "type": event.type,
-                    "run_id": self.run_id,
-                    "asset": key[0],
-                    "partition_key": key[1] or "",
-                    "at": event.at,
-                    "data": event.data,
-                },
-            ),
+            outcome=StepOutcome(self.step_ids[key], mat, lineage if ok else (), event),
         )
         result = self.results[key]
-        result.status = StepStatus.FAILED
+        result.status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
         result.materialization = mat
         result.error = computed.error
         result.duration_ms = computed.duration_ms
+        return mat
+
+    def _succeeded(self, key: StepKey, computed: _Computed) -> None:
+        event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
+        self.mat_ids[key] = self._record(key, computed, event).id
+        self.results[key]._value = computed.value if self.keep_values else _NOT_KEPT
+
+    def _failed(self, key: StepKey, computed: _Computed) -> None:
+        assert computed.error is not None
+        self._record(key, computed, self.emit(STEP_FAILED, key, error=computed.error.to_dict()))
         self._skip_downstream(key)
 
     def _skip_downstream(self, failed: StepKey) -> None:
-        skipped: list[tuple[str, str, str | None, str, str]] = []
+        skipped: list[tuple[str, str, Event]] = []
         frontier = list(self.children[failed])
         while frontier:
             key = frontier.pop()
@@ -448,11 +408,11 @@ class _Run:
                 f"asset '{key[0]}' was not run: {reason}",
                 context={"asset": key[0], "partition": key[1], "upstream": failed[0]},
             )
-            skipped.append((self.step_ids[key], key[0], key[1], reason, "dependency_failed"))
+            skipped.append(
+                (self.step_ids[key], result.error.type, self.emit(STEP_SKIPPED, key, reason=reason))
+            )
             frontier.extend(self.children[key])
-        self._writer.skip_steps(tenant=self.env.tenant, run_id=self.run_id, skipped=skipped, at=utcnow())
-        for _id, asset, key_, reason, _t in skipped:
-            self.emit(STEP_SKIPPED, (asset, key_), reason=reason)
+        self._writer.skip_steps(tenant=self.env.tenant, skipped=skipped)
 
 
 def execute_plan(

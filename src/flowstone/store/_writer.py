@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from flowstone._errors import StoreError
+from flowstone._events import Event
 from flowstone._records import Materialization, StepStatus
 from flowstone.store import _tables as t
 
@@ -34,7 +35,7 @@ class StepOutcome:
     step_id: str
     materialization: Materialization
     lineage: Sequence[tuple[str, str, str | None]]  # (upstream mat id, upstream asset, key)
-    event: Mapping[str, Any]
+    event: Event
 
 
 _MATERIALIZATION_COLUMNS = [c.name for c in t.materializations.columns]
@@ -254,57 +255,26 @@ class RunWriter:
             finally:
                 cursor.close()
 
-    def _event(self, tenant: str, event: Mapping[str, Any]) -> dict[str, Any]:
-        data = event.get("data")
+    def _event(self, tenant: str, event: Event) -> dict[str, Any]:
         return {
             "tenant_id": tenant,
-            "at": self._when(event["at"]),
-            "type": event["type"],
-            "run_id": event.get("run_id"),
-            "asset": event.get("asset"),
-            "partition_key": event.get("partition_key"),
-            "data": json.dumps(data) if data else None,
+            "at": self._when(event.at),
+            "type": event.type,
+            "run_id": event.run_id,
+            "asset": event.asset,
+            "partition_key": event.partition_key or "",
+            "data": json.dumps(event.data) if event.data else None,
         }
 
-    def start_step(
-        self,
-        *,
-        tenant: str,
-        run_id: str,
-        step_id: str,
-        asset: str,
-        partition_key: str | None,
-        attempt: int,
-        at: datetime,
-    ) -> None:
-        self._write(
-            [
-                (
-                    "start_step",
-                    {
-                        "step_id": step_id,
-                        "status": StepStatus.RUNNING.value,
-                        "at": self._when(at),
-                        "attempt": attempt,
-                    },
-                ),
-                (
-                    "event",
-                    [
-                        self._event(
-                            tenant,
-                            {
-                                "type": "step.started",
-                                "run_id": run_id,
-                                "asset": asset,
-                                "partition_key": partition_key or "",
-                                "at": at,
-                            },
-                        )
-                    ],
-                ),
-            ]
-        )
+    def start_step(self, *, tenant: str, step_id: str, attempt: int, event: Event) -> None:
+        """The step is running from ``event.at``."""
+        start = {
+            "step_id": step_id,
+            "status": StepStatus.RUNNING.value,
+            "at": self._when(event.at),
+            "attempt": attempt,
+        }
+        self._write([("start_step", start), ("event", [self._event(tenant, event)])])
 
     def finish_step(self, *, tenant: str, outcome: StepOutcome) -> None:
         """Materialization, lineage, step status, latest partition state and event: one commit."""
@@ -387,49 +357,18 @@ class RunWriter:
         ]
         self._write(calls)
 
-    def skip_steps(
-        self,
-        *,
-        tenant: str,
-        run_id: str,
-        skipped: Sequence[tuple[str, str, str | None, str, str]],
-        at: datetime,
-    ) -> None:
-        """Mark steps skipped: (step id, asset, partition key, reason, error type)."""
+    def skip_steps(self, *, tenant: str, skipped: Sequence[tuple[str, str, Event]]) -> None:
+        """Mark steps skipped: (step id, error type, the step.skipped event with its reason)."""
         if not skipped:
             return
-        when = self._when(at)
-        self._write(
-            [
-                (
-                    "skip_step",
-                    [
-                        {
-                            "step_id": step_id,
-                            "status": StepStatus.SKIPPED.value,
-                            "reason": reason,
-                            "error_type": error_type,
-                            "finished_at": when,
-                        }
-                        for step_id, _asset, _key, reason, error_type in skipped
-                    ],
-                ),
-                (
-                    "event",
-                    [
-                        self._event(
-                            tenant,
-                            {
-                                "type": "step.skipped",
-                                "run_id": run_id,
-                                "asset": asset,
-                                "partition_key": key or "",
-                                "at": at,
-                                "data": {"reason": reason},
-                            },
-                        )
-                        for _id, asset, key, reason, _type in skipped
-                    ],
-                ),
-            ]
-        )
+        rows = [
+            {
+                "step_id": step_id,
+                "status": StepStatus.SKIPPED.value,
+                "reason": event.data.get("reason"),
+                "error_type": error_type,
+                "finished_at": self._when(event.at),
+            }
+            for step_id, error_type, event in skipped
+        ]
+        self._write([("skip_step", rows), ("event", [self._event(tenant, e) for _, _, e in skipped])])
