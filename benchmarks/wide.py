@@ -1,6 +1,6 @@
 """One root, N children, one sink, materialized on SQLite with the memory I/O manager.
 
-    python benchmarks/wide.py 1000 [--parallel 4]
+python benchmarks/wide.py 1000 [--parallel 4]
 """
 
 from __future__ import annotations

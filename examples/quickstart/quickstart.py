@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import flowstone as fs
@@ -41,7 +41,7 @@ def raw_events(context: fs.Context) -> list[dict[str, Any]]:
     """Click-stream events as delivered by the tracker for one day, warts and all."""
     day: date = context.partition
     rng = random.Random(day.toordinal())
-    start = datetime.combine(day, time(0), tzinfo=timezone.utc)
+    start = datetime.combine(day, time(0), tzinfo=UTC)
     events = []
     for i in range(2_000):
         events.append(
@@ -94,7 +94,9 @@ def daily_report(
         country: {
             "revenue": round(revenue[country], 2),
             "buyers": len(buyers[country]),
-            "conversion": round(len(buyers[country]) / len(visitors[country]), 3) if visitors[country] else 0.0,
+            "conversion": round(len(buyers[country]) / len(visitors[country]), 3)
+            if visitors[country]
+            else 0.0,
         }
         for country in sorted(visitors)
     }

@@ -127,6 +127,19 @@ def _statements(dialect_name: str) -> dict[str, Any]:
     }
 
 
+# The order a commit applies its statements in: a step's start before its finish or skip.
+_FLUSH_ORDER = (
+    "start_step",
+    "materialization",
+    "lineage",
+    "finish_step",
+    "skip_step",
+    "upsert_partition",
+    "event",
+    "heartbeat",
+)
+
+
 @cache
 def _compiled(dialect_name: str, paramstyle: str) -> dict[str, str]:
     if dialect_name == "postgresql":
@@ -232,9 +245,10 @@ class RunWriter:
             if not self._buffer:
                 return
             calls, self._buffer = self._buffer, []
-            # One executemany per statement, in order of first use. Safe because the only rows
-            # written by two statements are a step's (start, then finish/skip) updates, and every
-            # statement's rows keep their order.
+            # One executemany per statement, in _FLUSH_ORDER. Safe because the only rows written
+            # by two statements are a step's (start, then finish/skip) updates, and every
+            # statement's rows keep their order. (Order of first use is not: a buffer opening
+            # with one step's finish would apply the next step's finish before its start.)
             grouped: dict[str, list[Any]] = {}
             for name, params in calls:
                 rows = grouped.setdefault(name, [])
@@ -244,7 +258,8 @@ class RunWriter:
                     rows.append(params)
             cursor = self._raw.cursor()
             try:
-                for name, rows in grouped.items():
+                for name in sorted(grouped, key=_FLUSH_ORDER.index):
+                    rows = grouped[name]
                     if rows:
                         cursor.executemany(self._sql[name], rows)
                 self._raw.commit()
