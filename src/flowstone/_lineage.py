@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flowstone._errors import ValidationError
 from flowstone._records import LineageEntry
 
 if TYPE_CHECKING:
@@ -19,8 +20,25 @@ class Lineage:
     def __init__(self, app: FlowStone) -> None:
         self._app = app
 
+    def _check(self, asset: str, partition: str | None) -> None:
+        """Unknown names raise AssetNotFound with a suggestion; partitions must fit the asset."""
+        from flowstone.engine._planner import typed_partition
+
+        definition = self._app.pipeline.get(asset)
+        if definition.partitioned_by is not None and partition is None:
+            raise ValidationError(
+                f"asset '{asset}' is partitioned; choose a partition (partition=... / --partition)",
+                context={"asset": asset},
+            )
+        if definition.partitioned_by is None and partition is not None:
+            raise ValidationError(
+                f"asset '{asset}' is not partitioned; drop partition={partition!r}",
+                context={"asset": asset, "partition": partition},
+            )
+        typed_partition(self._app.pipeline, asset, partition)
+
     def _latest(self, asset: str, partition: str | None) -> str | None:
-        self._app.pipeline.get(asset)  # unknown names: AssetNotFound with a suggestion
+        self._check(asset, partition)
         found = self._app.store.latest_success(tenant=self._app.tenant, pairs=[(asset, partition)])
         return found.get((asset, partition))
 
@@ -40,10 +58,9 @@ class Lineage:
     ) -> list[LineageEntry]:
         """Every materialization that consumed any materialization of ``asset`` (one row per
         downstream asset partition, at its smallest depth, latest first)."""
-        self._app.pipeline.get(asset)
+        self._check(asset, partition)
         store, tenant = self._app.store, self._app.tenant
-        ids = store.success_materialization_ids(tenant=tenant, asset=asset, partition_key=partition)
-        entries = store.lineage_downstream(tenant=tenant, materialization_ids=ids, depth=depth)
+        entries = store.lineage_downstream(tenant=tenant, asset=asset, partition_key=partition, depth=depth)
         seen: set[tuple[str, str | None]] = set()
         unique: list[LineageEntry] = []
         for entry in entries:  # ordered by depth, then newest first

@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+import flowstone as fs
 from flowstone.store import Store, _migrate
 from flowstone.store._store import create_engine
 from flowstone.store._tables import metadata
@@ -78,6 +79,18 @@ def test_head_is_the_newest_migration_script() -> None:
     script = ScriptDirectory.from_config(_migrate.alembic_config())
     assert script.get_heads() == [_migrate.HEAD]
     assert script.get_current_head() == _migrate.HEAD
+    oldest_first = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert list(_migrate.REVISIONS) == oldest_first
+
+
+def test_a_store_from_a_newer_flowstone_is_refused_clearly(engine: Engine) -> None:
+    Store.open(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {_migrate.VERSION_TABLE} SET version_num = '9999'"))
+    with pytest.raises(fs.StoreError, match="revision '9999', which this FlowStone does not know"):
+        Store.open(engine)
+    with engine.connect() as conn:  # nothing was touched
+        assert conn.execute(sa.text(f"SELECT version_num FROM {_migrate.VERSION_TABLE}")).scalar() == "9999"
 
 
 def test_downgrade_to_base_and_back(engine: Engine) -> None:

@@ -715,9 +715,9 @@ def test_lineage_rejects_bad_depths_and_unknown_assets(make_app: MakeApp) -> Non
     app = make_app(chain(2))
     app.materialize(["a2"])
     for depth in (0, -1):
-        with pytest.raises(fs.FlowStoneError, match="depth must be a positive integer"):
+        with pytest.raises(fs.FlowStoneError, match="depth must be an integer from 1 to"):
             app.lineage.upstream("a2", depth=depth)
-        with pytest.raises(fs.FlowStoneError, match="depth must be a positive integer"):
+        with pytest.raises(fs.FlowStoneError, match="depth must be an integer from 1 to"):
             app.lineage.downstream("a0", depth=depth)
     with pytest.raises(fs.AssetNotFound, match="a1"):
         app.lineage.upstream("a11")

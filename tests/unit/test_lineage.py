@@ -94,8 +94,32 @@ def test_unknown_asset(diamond: fs.FlowStone) -> None:
 
 
 def test_depth_must_be_positive(diamond: fs.FlowStone) -> None:
-    with pytest.raises(fs.FlowStoneError, match="depth must be a positive integer"):
+    with pytest.raises(fs.FlowStoneError, match="depth must be an integer from 1 to"):
         diamond.lineage.upstream("d", depth=0)
+
+
+def test_depth_is_not_silently_capped(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    # A chain longer than the old cap of 100: every ancestor is reported.
+    pipeline.add(fs.AssetDefinition(name="n0", fn=lambda context: 0, deps=()))
+    for i in range(1, 130):
+        pipeline.add(
+            fs.AssetDefinition(
+                name=f"n{i}", fn=lambda context, **up: 0, deps=(f"n{i - 1}",), takes_var_kwargs=True
+            )
+        )
+    app = make_app(pipeline, io_managers={"filesystem": fs.MemoryIOManager()})
+    app.materialize("+n129")
+    entries = app.lineage.upstream("n129")
+    assert len(entries) == 129 and entries[-1].asset == "n0" and entries[-1].depth == 129
+    assert len(app.lineage.downstream("n0")) == 129
+    with pytest.raises(fs.FlowStoneError, match="depth must be an integer"):
+        app.lineage.upstream("n129", depth=10**6)
+
+
+def test_partition_must_fit_the_asset(diamond: fs.FlowStone) -> None:
+    for query in (diamond.lineage.upstream, diamond.lineage.downstream, diamond.lineage.impact):
+        with pytest.raises(fs.ValidationError, match="asset 'd' is not partitioned"):
+            query("d", partition="2025-01-01")
 
 
 def test_partitioned_lineage(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
@@ -117,3 +141,16 @@ def test_partitioned_lineage(pipeline: fs.Pipeline, make_app: AppFactory) -> Non
     down = app.lineage.downstream("raw", partition="2025-01-01")
     assert [(e.asset, e.partition_key) for e in down] == [("report", "2025-01-01")]
     assert app.lineage.upstream("report", partition="2025-01-03") == []
+
+
+def test_partitioned_asset_needs_a_valid_partition(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    @pipeline.asset(partitioned_by=fs.StaticPartitions(["eu", "us"]))
+    def sales(context: Any) -> str:
+        return str(context.partition)
+
+    app = make_app(pipeline)
+    app.materialize("sales", partition="eu")
+    with pytest.raises(fs.ValidationError, match="asset 'sales' is partitioned"):
+        app.lineage.downstream("sales")
+    with pytest.raises(fs.ValidationError, match="'asia' is not valid for asset 'sales'"):
+        app.lineage.impact("sales", partition="asia")

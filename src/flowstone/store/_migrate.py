@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-HEAD = "0001"
+# Every revision this code knows, oldest first; the last is the head (a test checks both).
+REVISIONS = ("0001",)
+HEAD = REVISIONS[-1]
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "flowstone_alembic_version"
 
@@ -52,5 +54,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def upgrade_if_needed(engine: Engine) -> None:
-    if current_revision(engine) != HEAD:
-        upgrade(engine)
+    current = current_revision(engine)
+    if current == HEAD:
+        return
+    if current is not None and current not in REVISIONS:
+        from flowstone._errors import StoreError
+
+        raise StoreError(
+            f"the store's schema is at revision {current!r}, which this FlowStone does not know "
+            f"(it knows up to {HEAD!r}); upgrade flowstone before using this store",
+            context={"revision": current, "head": HEAD},
+        )
+    upgrade(engine)

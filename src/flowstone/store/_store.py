@@ -32,7 +32,9 @@ from flowstone.store import _tables as t
 from flowstone.store._writer import RunWriter
 
 HOST = socket.gethostname()
-MAX_LINEAGE_DEPTH = 100
+# Lineage is acyclic (a materialization only consumes earlier ones), so an unbounded walk ends;
+# the cap only guards against pathological histories. Asking for more is an error, not a silent cut.
+MAX_LINEAGE_DEPTH = 10_000
 
 
 def utcnow() -> datetime:
@@ -135,9 +137,10 @@ class Store:
 
         try:
             upgrade_if_needed(self.engine)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.SQLAlchemyError as exc:
+            reason = getattr(exc, "orig", None) or exc
             raise StoreError(
-                f"cannot reach or migrate the store at {self.engine.url!r}: {exc.orig}",
+                f"cannot reach or migrate the store at {self.engine.url!r}: {reason}",
                 original=exc,
                 retryable=True,
             ) from exc
@@ -421,19 +424,7 @@ class Store:
         if asset is not None:
             query = query.where(c.asset == asset)
         with self.engine.connect() as conn:
-            return [
-                AssetPartitionState(
-                    asset=r.asset,
-                    partition_key=_key_out(r.partition_key),
-                    last_status=r.last_status,
-                    last_run_id=r.last_run_id,
-                    last_materialization_id=r.last_materialization_id,
-                    success_materialization_id=r.success_materialization_id,
-                    success_at=_utc(r.success_at),
-                    updated_at=_utc(r.updated_at) or utcnow(),
-                )
-                for r in conn.execute(query.order_by(c.asset, c.partition_key))
-            ]
+            return [_partition_state(r) for r in conn.execute(query.order_by(c.asset, c.partition_key))]
 
     def partition_state(
         self, *, tenant: str, asset: str, partition_key: str | None
@@ -446,16 +437,7 @@ class Store:
             r = conn.execute(query).first()
         if r is None:
             return None
-        return AssetPartitionState(
-            asset=r.asset,
-            partition_key=_key_out(r.partition_key),
-            last_status=r.last_status,
-            last_run_id=r.last_run_id,
-            last_materialization_id=r.last_materialization_id,
-            success_materialization_id=r.success_materialization_id,
-            success_at=_utc(r.success_at),
-            updated_at=_utc(r.updated_at) or utcnow(),
-        )
+        return _partition_state(r)
 
     def get_materialization(self, *, tenant: str, materialization_id: str) -> Materialization | None:
         c = t.materializations.c
@@ -478,8 +460,8 @@ class Store:
         query = sa.select(t.materializations).where(c.tenant_id == tenant)
         if asset is not None:
             query = query.where(c.asset == asset)
-            if partition_key is not None:
-                query = query.where(c.partition_key == partition_key)
+        if partition_key is not None:
+            query = query.where(c.partition_key == partition_key)
         if run_id is not None:
             query = query.where(c.run_id == run_id)
         query = query.order_by(c.finished_at.desc()).limit(limit)
@@ -560,19 +542,37 @@ class Store:
         return self._lineage_rows(tenant, up)
 
     def lineage_downstream(
-        self, *, tenant: str, materialization_ids: Sequence[str], depth: int | None = None
+        self,
+        *,
+        tenant: str,
+        materialization_ids: Sequence[str] | None = None,
+        asset: str | None = None,
+        partition_key: str | None = None,
+        depth: int | None = None,
     ) -> list[LineageEntry]:
-        """Every materialization that consumed one of these, directly or transitively."""
-        if not materialization_ids:
-            return []
+        """Every materialization that consumed one of these, directly or transitively.
+
+        Start from ``materialization_ids``, or from ``asset`` (and ``partition_key``): then every
+        materialization of that asset partition ever consumed counts, found through the index on
+        the upstream side of the lineage table rather than a list of ids.
+        """
         limit = _depth(depth)
         lin = t.lineage.c
+        start: sa.ColumnElement[bool]
+        if materialization_ids is not None:
+            if not materialization_ids:
+                return []
+            start = lin.upstream_materialization_id.in_(list(materialization_ids))
+        elif asset is not None:
+            start = sa.and_(lin.upstream_asset == asset, lin.upstream_partition_key == _key_in(partition_key))
+        else:
+            raise ValueError("give materialization_ids or asset")
         anchor = sa.select(
             lin.materialization_id.label("mat_id"),
             lin.asset.label("asset"),
             lin.partition_key.label("partition_key"),
             sa.literal(1).label("depth"),
-        ).where(lin.tenant_id == tenant, lin.upstream_materialization_id.in_(list(materialization_ids)))
+        ).where(lin.tenant_id == tenant, start)
         down = anchor.cte("down", recursive=True)
         step = (
             sa.select(lin.materialization_id, lin.asset, lin.partition_key, (down.c.depth + 1))
@@ -610,20 +610,6 @@ class Store:
                 for r in conn.execute(query)
             ]
 
-    def success_materialization_ids(self, *, tenant: str, asset: str, partition_key: str | None) -> list[str]:
-        c = t.materializations.c
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    sa.select(c.id).where(
-                        c.tenant_id == tenant,
-                        c.asset == asset,
-                        c.partition_key == _key_in(partition_key),
-                        c.status == "success",
-                    )
-                ).scalars()
-            )
-
     def ping(self) -> None:
         try:
             with self.engine.connect() as conn:
@@ -635,9 +621,9 @@ class Store:
 def _depth(depth: int | None) -> int:
     if depth is None:
         return MAX_LINEAGE_DEPTH
-    if not isinstance(depth, int) or depth < 1:
-        raise FlowStoneError(f"depth must be a positive integer, got {depth!r}")
-    return min(depth, MAX_LINEAGE_DEPTH)
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_LINEAGE_DEPTH:
+        raise FlowStoneError(f"depth must be an integer from 1 to {MAX_LINEAGE_DEPTH}, got {depth!r}")
+    return depth
 
 
 def _pid_alive(pid: int) -> bool:
@@ -650,31 +636,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _materialization_row(mat: Materialization, tenant: str) -> dict[str, Any]:
-    return {
-        "id": mat.id,
-        "tenant_id": tenant,
-        "run_id": mat.run_id,
-        "step_id": None,
-        "asset": mat.asset,
-        "partition_key": _key_in(mat.partition_key),
-        "status": mat.status,
-        "started_at": mat.started_at,
-        "finished_at": mat.finished_at,
-        "duration_ms": mat.duration_ms,
-        "value_hash": mat.value_hash,
-        "value_size": mat.value_size,
-        "io_manager": mat.io_manager,
-        "code_version": mat.code_version,
-        "host": mat.host,
-        "pid": mat.pid,
-        "attempt": mat.attempt,
-        "metadata": mat.metadata or None,
-        "error_type": mat.error_type,
-        "error_message": mat.error_message,
-        "error_traceback": mat.error_traceback,
-        "retryable": mat.retryable,
-    }
+def _partition_state(r: Any) -> AssetPartitionState:
+    return AssetPartitionState(
+        asset=r.asset,
+        partition_key=_key_out(r.partition_key),
+        last_status=r.last_status,
+        last_run_id=r.last_run_id,
+        last_materialization_id=r.last_materialization_id,
+        success_materialization_id=r.success_materialization_id,
+        success_at=_utc(r.success_at),
+        updated_at=_utc(r.updated_at) or utcnow(),
+    )
 
 
 def _materialization(r: Any) -> Materialization:
