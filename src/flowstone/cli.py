@@ -399,7 +399,10 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
     def command(state: _State, asset: str, partition: str | None, depth: int | None) -> None:
         app = state.app()
         query = getattr(app.lineage, direction)
-        entries: list[LineageEntry] = query(asset, partition=partition, depth=depth)
+        try:
+            entries: list[LineageEntry] = query(asset, partition=partition, depth=depth)
+        except ValidationError as exc:  # a missing, bad or needless --partition: bad input
+            _fail(exc, state.verbose, exit_code=2)
         where = f" [{partition}]" if partition else ""
         table = Table(title=escape(f"{direction} of {asset}{where}"))
         columns = ["depth", "asset", "partition", "materialization", "status", "materialized"]
