@@ -180,7 +180,10 @@ class StepTimeout(FlowStoneError):
 
 
 class ValidationError(FlowStoneError):
+    """Input did not pass a check: a partition key, a setting, or data an asset validates."""
+
     type = "validation_error"
+    exit_code = 2
 
 
 class ResourceUnavailable(FlowStoneError):

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from flowstone._config import Settings, load_settings
 from flowstone._durations import parse_duration
-from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid, ValidationError
+from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid
 from flowstone._events import STEP_FAILED, STEP_SKIPPED, STEP_STARTED, STEP_SUCCEEDED, Event
 from flowstone._pipeline import Pipeline, load_pipeline
 
@@ -124,8 +124,12 @@ def _fail(error: BaseException, verbose: bool, *, exit_code: int | None = None) 
 def _errors(state: _State) -> Iterator[None]:
     try:
         yield
-    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+    except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
+    except KeyboardInterrupt:
+        # A run in progress has already been marked abandoned by the runner.
+        _console(stderr=True).print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
     except Exception as exc:
         _fail(exc, state.verbose)
 
@@ -188,10 +192,7 @@ def materialize(
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
     out = _console()
-    try:
-        plan = app.plan(list(selection), partition=partition, force=force)
-    except ValidationError as exc:  # a bad --partition or selection: bad input, nothing ran
-        _fail(exc, state.verbose, exit_code=2)
+    plan = app.plan(list(selection), partition=partition, force=force)
     if not plan.steps:
         out.print(
             f"nothing to do: {', '.join(a for a, _ in plan.up_to_date)} already materialized "
@@ -399,10 +400,7 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
     def command(state: _State, asset: str, partition: str | None, depth: int | None) -> None:
         app = state.app()
         query = getattr(app.lineage, direction)
-        try:
-            entries: list[LineageEntry] = query(asset, partition=partition, depth=depth)
-        except ValidationError as exc:  # a missing, bad or needless --partition: bad input
-            _fail(exc, state.verbose, exit_code=2)
+        entries: list[LineageEntry] = query(asset, partition=partition, depth=depth)
         where = f" [{partition}]" if partition else ""
         table = Table(title=escape(f"{direction} of {asset}{where}"))
         columns = ["depth", "asset", "partition", "materialization", "status", "materialized"]

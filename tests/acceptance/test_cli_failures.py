@@ -249,3 +249,30 @@ def test_partition_keys_and_messages_are_printed_verbatim(project: Project) -> N
 
     show = project.run(*pipeline, "run", "show", us.run_id()).stdout
     assert "[execution_error]" in show and "[bold]not[/bold] a tag" in show, show
+
+
+def test_ctrl_c_abandons_the_run_and_exits_130(project: Project) -> None:
+    project.write("blocking.py", BLOCKING)
+    (project.root / "block").write_text("")
+    marker = project.root / "slow.started"
+    proc = subprocess.Popen(
+        [*flowstone_command(), "-p", "blocking:pipeline", "materialize", "last"],
+        cwd=project.root,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _poll(proc, marker.exists, "reaching the blocking step")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err, err
+    runs = project.run("-p", "blocking:pipeline", "runs").stdout
+    [row] = [r for r in table_rows(runs) if len(r) > 1 and len(r[0]) == 12]
+    assert row[1] == "abandoned", runs

@@ -24,10 +24,12 @@ import pytest
 import sqlalchemy as sa
 
 import flowstone as fs
+from flowstone._events import Event
+from flowstone._records import Materialization
 from flowstone.store import Store
 from flowstone.store import _tables as t
 from flowstone.store._store import NewStep, utcnow
-from flowstone.store._writer import RunWriter
+from flowstone.store._writer import RunWriter, StepOutcome
 
 TENANT = "default"
 
@@ -881,4 +883,63 @@ def test_bare_postgres_urls_use_psycopg(pg_url: str, scheme: str) -> None:
         assert store.engine.dialect.driver == "psycopg"
         store.ping()
     finally:
+        store.close()
+
+
+def test_a_late_write_of_an_older_attempt_never_overwrites_a_newer_one(store_url: str) -> None:
+    """Retries: one commit may carry attempt 1's finish and attempt 2's start of the same step."""
+    store = Store.open(store_url)
+    run_id, step_id = uuid.uuid4().hex, uuid.uuid4().hex
+    store.create_run(
+        tenant=TENANT,
+        run_id=run_id,
+        pipeline="p",
+        selection=["a"],
+        partition_key=None,
+        force=False,
+        actor="api",
+        executor="serial",
+        steps=[NewStep(step_id, 0, "a", None, [])],
+    )
+    writer = store.run_writer(run_id)
+
+    def event(type_: str) -> Event:
+        return Event(type_, utcnow(), run_id, "a", None, {})
+
+    def failed_attempt(attempt: int) -> Materialization:
+        now = utcnow()
+        return Materialization(
+            id=uuid.uuid4().hex,
+            run_id=run_id,
+            asset="a",
+            partition_key=None,
+            status="failed",
+            started_at=now,
+            finished_at=now,
+            duration_ms=1.0,
+            attempt=attempt,
+            error_type="timeout",
+            error_message="slow",
+            retryable=True,
+        )
+
+    try:
+        writer.start_step(tenant=TENANT, step_id=step_id, attempt=1, event=event("step.started"))
+        writer.flush()
+        writer.finish_step(
+            tenant=TENANT, outcome=StepOutcome(step_id, failed_attempt(1), (), event("step.failed"))
+        )
+        writer.start_step(tenant=TENANT, step_id=step_id, attempt=2, event=event("step.started"))
+        writer.flush()
+        [step] = store.run_steps(tenant=TENANT, run_id=run_id)
+        assert (step.status, step.attempt) == (fs.StepStatus.RUNNING, 2)
+        # A stale start of attempt 1 arriving now changes nothing either.
+        writer.start_step(tenant=TENANT, step_id=step_id, attempt=1, event=event("step.started"))
+        writer.flush()
+        [step] = store.run_steps(tenant=TENANT, run_id=run_id)
+        assert (step.status, step.attempt) == (fs.StepStatus.RUNNING, 2)
+        # Attempt 1's outcome stays on record as its materialization.
+        assert len(store.materializations(tenant=TENANT, run_id=run_id)) == 1
+    finally:
+        writer.close()
         store.close()

@@ -94,13 +94,14 @@ def _statements(dialect_name: str) -> dict[str, Any]:
         },
     )
     return {
+        # Guarded by attempt so that a late write of an older attempt never overwrites a newer one.
         "start_step": steps.update()
-        .where(steps.c.id == sa.bindparam("step_id"))
+        .where(steps.c.id == sa.bindparam("step_id"), steps.c.attempt < sa.bindparam("attempt"))
         .values(
             status=sa.bindparam("status"), started_at=sa.bindparam("at"), attempt=sa.bindparam("attempt")
         ),
         "finish_step": steps.update()
-        .where(steps.c.id == sa.bindparam("step_id"))
+        .where(steps.c.id == sa.bindparam("step_id"), steps.c.attempt == sa.bindparam("attempt"))
         .values(
             status=sa.bindparam("status"),
             finished_at=sa.bindparam("finished_at"),
@@ -110,7 +111,10 @@ def _statements(dialect_name: str) -> dict[str, Any]:
             error_message=sa.bindparam("error_message"),
         ),
         "skip_step": steps.update()
-        .where(steps.c.id == sa.bindparam("step_id"))
+        .where(
+            steps.c.id == sa.bindparam("step_id"),
+            steps.c.status == sa.literal_column(f"'{StepStatus.PENDING.value}'"),
+        )
         .values(
             status=sa.bindparam("status"),
             reason=sa.bindparam("reason"),
@@ -346,6 +350,7 @@ class RunWriter:
                 "finish_step",
                 {
                     "step_id": outcome.step_id,
+                    "attempt": mat.attempt,
                     "status": (StepStatus.SUCCEEDED if success else StepStatus.FAILED).value,
                     "finished_at": finished,
                     "duration_ms": mat.duration_ms,
