@@ -166,9 +166,13 @@ def main(
 
 
 @main.command()
+@click.argument("target", required=False, metavar="[MODULE:ATTR]")
 @_pass_state
-def check(state: _State) -> None:
-    """Load and validate the pipeline; list every problem (exit 2 if any)."""
+def check(state: _State, target: str | None) -> None:
+    """Load and validate the pipeline (the configured one, or MODULE:ATTR); list every problem
+    (exit 2 if any)."""
+    if target is not None:
+        state.pipeline = target
     pipeline = state.load()
     pipeline.validate()
     _console().print(f"pipeline '{pipeline.name}' is valid: {len(pipeline.assets)} assets")

@@ -112,6 +112,14 @@ def test_check_reports_every_problem_at_once_with_asset_and_location(project: Pr
     assert any(where in cycle for where in _defined_at(project, "broken.py", starts.group(1))), cycle
 
 
+def test_check_takes_the_pipeline_location_as_an_argument(project: Project) -> None:
+    project.write("broken.py", BROKEN)
+    # The argument wins over flowstone.toml's quickstart pipeline.
+    result = project.run("check", "broken:pipeline", expect=2)
+    assert "4 problem(s)" in result.stderr
+    assert "pipeline 'quickstart' is valid" in project.run("check", "quickstart:pipeline").stdout
+
+
 def test_an_invalid_pipeline_never_starts_a_run(project: Project) -> None:
     project.write("broken.py", BROKEN)
 
