@@ -155,12 +155,11 @@ def _committed_success(db: Path, asset: str) -> Callable[[], bool]:
     return check
 
 
-def _kill_while_blocked(project: Project, *, wait_for_commit: bool) -> int:
-    """Start `materialize last` on the blocking pipeline, SIGKILL it inside `slow`; its pid."""
+def _start_blocked(project: Project) -> subprocess.Popen[str]:
+    """Start `materialize last` on the blocking pipeline; `slow` will block until unblocked."""
     project.write("blocking.py", BLOCKING)
     (project.root / "block").write_text("")
-    marker = project.root / "slow.started"
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [*flowstone_command(), "-p", "blocking:pipeline", "materialize", "last"],
         cwd=project.root,
         env=cli_env(),
@@ -168,6 +167,12 @@ def _kill_while_blocked(project: Project, *, wait_for_commit: bool) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _kill_while_blocked(project: Project, *, wait_for_commit: bool) -> int:
+    """Start `materialize last` on the blocking pipeline, SIGKILL it inside `slow`; its pid."""
+    marker = project.root / "slow.started"
+    proc = _start_blocked(project)
     try:
         _poll(proc, marker.exists, "reaching the blocking step")
         if wait_for_commit:
@@ -252,17 +257,8 @@ def test_partition_keys_and_messages_are_printed_verbatim(project: Project) -> N
 
 
 def test_ctrl_c_abandons_the_run_and_exits_130(project: Project) -> None:
-    project.write("blocking.py", BLOCKING)
-    (project.root / "block").write_text("")
     marker = project.root / "slow.started"
-    proc = subprocess.Popen(
-        [*flowstone_command(), "-p", "blocking:pipeline", "materialize", "last"],
-        cwd=project.root,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_blocked(project)
     try:
         _poll(proc, marker.exists, "reaching the blocking step")
         proc.send_signal(signal.SIGINT)
