@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,20 @@ def temp_store() -> tuple[str, Path]:
 def report(**figures: Any) -> None:
     figures["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(figures))
+
+
+def timed(fn: Callable[[], Any], *, repeat: int = 3) -> tuple[float, float]:
+    """(seconds of the first call, median seconds of ``repeat`` further calls).
+
+    The first call pays one-time costs (compiling the store's SQL, first imports); the later
+    ones show the steady per-run cost.
+    """
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    again = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        again.append(time.perf_counter() - t0)
+    return first, statistics.median(again)

@@ -13,7 +13,6 @@ import functools
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,6 +40,7 @@ from flowstone._events import (
     Event,
     EventBus,
 )
+from flowstone._ids import new_id
 from flowstone._pipeline import Pipeline
 from flowstone._records import Materialization, RunStatus, StepStatus
 from flowstone.engine._planner import Plan, PlannedStep, StepKey, typed_partition
@@ -238,8 +238,8 @@ class _Run:
         self.plan = plan
         self.executor = executor
         self.keep_values = keep_values
-        self.run_id = uuid.uuid4().hex
-        self.step_ids = {s.key: uuid.uuid4().hex for s in plan.steps}
+        self.run_id = new_id()
+        self.step_ids = {s.key: new_id() for s in plan.steps}
         self.steps = {s.key: s for s in plan.steps}
         self.results: dict[StepKey, StepResult] = {
             s.key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for s in plan.steps
@@ -307,15 +307,12 @@ class _Run:
         ready = deque(s.key for s in self.plan.steps if self.waiting[s.key] == 0)
         inflight: dict[Future[Any], StepKey] = {}
         while ready or inflight:
-            starting: list[StepKey] = []
-            while ready and len(inflight) + len(starting) < self.executor.capacity:
+            while ready and len(inflight) < self.executor.capacity:
                 key = ready.popleft()
                 self._start(key)
-                starting.append(key)
-            self._writer.maybe_flush()
-            for key in starting:
                 task = functools.partial(_compute, self.env, self.steps[key], self.run_id)
                 inflight[self.executor.submit(task)] = key
+            self._writer.maybe_flush()
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
                 key = inflight.pop(future)
@@ -345,7 +342,7 @@ class _Run:
         stored = computed.stored
         error = computed.error
         return Materialization(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             run_id=self.run_id,
             asset=key[0],
             partition_key=key[1],
