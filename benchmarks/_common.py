@@ -27,8 +27,20 @@ def temp_store() -> tuple[str, Path]:
     return f"sqlite:///{directory}/flowstone.db", directory
 
 
+def calibration_s() -> float:
+    """Seconds this host takes for a fixed pure-Python loop (sum of 10 million ints).
+
+    Shared hosts here run anywhere from ~0.12 s to ~0.3 s on it; print it beside every figure so
+    two figures from different moments can be compared.
+    """
+    t0 = time.perf_counter()
+    sum(range(10_000_000))
+    return round(time.perf_counter() - t0, 4)
+
+
 def report(**figures: Any) -> None:
     figures["peak_rss_mb"] = peak_rss_mb()
+    figures["host_calibration_s"] = calibration_s()
     print(json.dumps(figures))
 
 

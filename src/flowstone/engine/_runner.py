@@ -313,7 +313,8 @@ class _Run:
                 task = functools.partial(_compute, self.env, self.steps[key], self.run_id)
                 inflight[self.executor.submit(task)] = key
             self._writer.maybe_flush()
-            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            # The serial executor hands back finished futures: no need to wait on them.
+            done = [f for f in inflight if f.done()] or wait(list(inflight), return_when=FIRST_COMPLETED)[0]
             for future in done:
                 key = inflight.pop(future)
                 computed: _Computed = future.result()

@@ -161,9 +161,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _sqlite_datetime(value: datetime) -> str:
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    if value is None:
+        return None
     # The format SQLAlchemy's SQLite DateTime type stores (timezone dropped; we always write UTC).
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # Always UTC: the offset isoformat appends after the 26 characters is dropped.
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class RunWriter:
@@ -184,11 +191,7 @@ class RunWriter:
         self.dialect = engine.dialect.name
         paramstyle = "named" if self.dialect == "sqlite" else "pyformat"
         self._sql = _compiled(self.dialect, paramstyle)
-        self._when: Callable[[datetime | None], Any] = (
-            (lambda v: None if v is None else _sqlite_datetime(v))
-            if self.dialect == "sqlite"
-            else (lambda v: v)
-        )
+        self._when: Callable[[datetime | None], Any] = _sqlite_datetime if self.dialect == "sqlite" else _same
         self._bool: Callable[[bool | None], Any] = (
             (lambda v: None if v is None else int(v)) if self.dialect == "sqlite" else (lambda v: v)
         )
