@@ -20,7 +20,7 @@ from typing import Any
 import flowstone as fs
 
 pipeline = fs.Pipeline("quickstart")
-days = fs.DailyPartitions(start="2025-01-01", end="2025-12-31")
+days = fs.DailyPartitions(start="2025-01-01", end="2026-01-01")  # end is exclusive
 
 COUNTRIES = ["NO", "SE", "DK", "DE", "FR"]
 KINDS = ["view", "view", "view", "add_to_cart", "purchase"]

@@ -34,7 +34,6 @@ from flowstone._errors import (
 )
 from flowstone._events import Event
 from flowstone._graph import AssetGraph
-from flowstone._partitions import DailyPartitions, PartitionsDefinition, StaticPartitions
 from flowstone._pipeline import Pipeline, load_pipeline
 from flowstone._records import (
     LineageEntry,
@@ -46,6 +45,21 @@ from flowstone._records import (
 )
 from flowstone.engine._result import RunResult, StepResult
 from flowstone.io import FilesystemIOManager, IOContext, IOManager, MemoryIOManager, StoredValue
+from flowstone.partitions import (
+    DailyPartitions,
+    DynamicPartitions,
+    FunctionPartitions,
+    HourlyPartitions,
+    MinutelyPartitions,
+    MonthlyPartitions,
+    MultiPartitionKey,
+    MultiPartitions,
+    PartitionsDefinition,
+    StaticPartitions,
+    TimeWindow,
+    TimeWindowPartitions,
+    WeeklyPartitions,
+)
 
 __version__ = "0.1.0"
 
@@ -60,17 +74,24 @@ __all__ = [
     "DefinitionError",
     "DependencyFailed",
     "DependencyNotReady",
+    "DynamicPartitions",
     "Event",
     "ExecutionError",
     "FilesystemIOManager",
     "FlowStone",
     "FlowStoneError",
+    "FunctionPartitions",
+    "HourlyPartitions",
     "IOContext",
     "IOManager",
     "IOManagerError",
     "LineageEntry",
     "Materialization",
     "MemoryIOManager",
+    "MinutelyPartitions",
+    "MonthlyPartitions",
+    "MultiPartitionKey",
+    "MultiPartitions",
     "Output",
     "PartitionsDefinition",
     "Pipeline",
@@ -87,8 +108,11 @@ __all__ = [
     "StepTimeout",
     "StoreError",
     "StoredValue",
+    "TimeWindow",
+    "TimeWindowPartitions",
     "ValidationError",
     "ValueNotFound",
+    "WeeklyPartitions",
     "__version__",
     "load_pipeline",
 ]

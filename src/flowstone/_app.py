@@ -7,7 +7,7 @@ app.lineage.upstream("daily_report", partition="2025-01-15")
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from flowstone._records import RunRecord, StepRecord
-    from flowstone.engine._planner import Plan
+    from flowstone.engine._planner import Plan, Resolve
     from flowstone.engine._result import RunResult
+    from flowstone.partitions import PartitionsDefinition
     from flowstone.store._store import Store
 
 DEFAULT_STORE = ".flowstone/flowstone.db"
@@ -92,23 +93,48 @@ class FlowStone:
         self.close()
 
     # ------------------------------------------------------------------ running
+    def resolver(self) -> Resolve:
+        """Each asset's partitions definition, with dynamic partitions bound to the keys in the
+        store (read once per resolver, so one run sees one set of keys)."""
+        dynamic: dict[str, list[str]] = {}
+        bound: dict[str, PartitionsDefinition | None] = {}
+
+        def dynamic_keys(name: str) -> list[str]:
+            if name not in dynamic:
+                dynamic[name] = self.store.dynamic_partition_keys(tenant=self.tenant, name=name)
+            return dynamic[name]
+
+        def resolve(asset: str) -> PartitionsDefinition | None:
+            if asset not in bound:
+                definition = self.pipeline.assets[asset].partitioned_by
+                bound[asset] = None if definition is None else definition.bind(dynamic_keys)
+            return bound[asset]
+
+        return resolve
+
     def plan(
         self,
         selection: str | Iterable[str | AssetDefinition[..., Any]],
         *,
         partition: str | None = None,
+        partitions: Sequence[str] | None = None,
         force: bool = False,
+        stale: bool = False,
     ) -> Plan:
         """What ``materialize`` would run, without running it."""
         from flowstone.engine._planner import plan_run
 
+        if partition is not None and partitions is not None:
+            raise ValueError("give partition= or partitions=, not both")
         return plan_run(
             self.pipeline,
             self.store,
             tenant=self.tenant,
             selected=self.select(selection),
-            partition_key=partition,
+            partition_keys=[partition] if partition is not None else partitions,
             force=force,
+            stale=stale,
+            resolve=self.resolver(),
         )
 
     def select(self, selection: str | Iterable[str | AssetDefinition[..., Any]]) -> set[str]:
@@ -124,26 +150,47 @@ class FlowStone:
         selection: str | Iterable[str | AssetDefinition[..., Any]],
         *,
         partition: str | None = None,
+        partitions: Sequence[str] | None = None,
         force: bool = False,
+        stale: bool = False,
         parallel: int = 1,
         values: bool = False,
         actor: str = "api",
     ) -> RunResult:
         """Materialize the selection (plus missing upstream) and return the run's outcome.
 
-        ``parallel`` > 1 runs independent steps on that many threads; ``values=True`` keeps
-        each step's value on the result (``run.steps["x"].value``).
+        ``partition`` (or several ``partitions``) picks the partitions of the selected assets;
+        their upstream partitions follow from the partition mappings. ``stale=True`` also
+        re-runs what is stale; ``parallel`` > 1 runs independent steps on that many threads;
+        ``values=True`` keeps each step's value on the result (``run.steps["x"].value``).
         """
-        plan = self.plan(selection, partition=partition, force=force)
+        plan = self.plan(selection, partition=partition, partitions=partitions, force=force, stale=stale)
         return self.execute(plan, parallel=parallel, values=values, actor=actor)
 
     def execute(
-        self, plan: Plan, *, parallel: int = 1, values: bool = False, actor: str = "api"
+        self,
+        plan: Plan,
+        *,
+        parallel: int = 1,
+        values: bool = False,
+        actor: str = "api",
+        backfill_id: str | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> RunResult:
         """Run a plan made by :meth:`plan` (what ``materialize`` does after planning)."""
         from flowstone.engine._runner import RunEnv, execute_plan
 
-        env = RunEnv(self.pipeline, self.store, self.tenant, self.io_managers, self.resources, self.events)
+        env = RunEnv(
+            self.pipeline,
+            self.store,
+            self.tenant,
+            self.io_managers,
+            self.resources,
+            self.events,
+            plan.resolve or self.resolver(),
+            cancelled=cancelled,
+            backfill_id=backfill_id,
+        )
         return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
 
     def recover(self, *, stale_after: timedelta | None = None) -> list[str]:
@@ -171,7 +218,7 @@ class FlowStone:
             IOContext(
                 asset=asset,
                 partition_key=partition,
-                partition=typed_partition(self.pipeline, asset, partition),
+                partition=typed_partition(self.resolver()(asset), asset, partition),
                 tenant=self.tenant,
                 config=definition.io_config,
             )

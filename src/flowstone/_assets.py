@@ -17,7 +17,8 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from flowstone._durations import parse_duration
 from flowstone._errors import DefinitionError
-from flowstone._partitions import PartitionsDefinition
+from flowstone._mappings import In
+from flowstone.partitions import PartitionsDefinition
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +62,7 @@ class AssetDefinition(Generic[P, R]):
     code_version: str | None = None
     partitioned_by: PartitionsDefinition | None = None
     timeout: float | None = None
+    ins: Mapping[str, In] = field(default_factory=dict)
     location: str = "<unknown>"
     # Parameter name -> dependency name, for the values passed to ``fn``; ``**kwargs`` gets the rest.
     params: tuple[str, ...] = ()
@@ -153,6 +155,7 @@ def build_asset(
     code_version: str | None = None,
     partitioned_by: PartitionsDefinition | None = None,
     timeout: str | float | timedelta | None = None,
+    ins: Mapping[str, In] | None = None,
 ) -> AssetDefinition[P, R]:
     """Check one decorator's options against its function and build the definition."""
     location = location_of(fn)
@@ -231,6 +234,21 @@ def build_asset(
             )
     if asset_name in deps:
         raise _fail("an asset cannot depend on itself", asset=asset_name, location=location)
+    if ins is not None and not isinstance(ins, Mapping):
+        raise _fail("ins must be a dict of input name to fs.In(...)", asset=asset_name, location=location)
+    for input_name, spec in (ins or {}).items():
+        if input_name not in deps:
+            raise _fail(
+                f"ins names '{input_name}', which is not one of its inputs {list(deps)}",
+                asset=asset_name,
+                location=location,
+            )
+        if not isinstance(spec, In):
+            raise _fail(
+                f"ins['{input_name}'] must be fs.In(...), got {type(spec).__name__}",
+                asset=asset_name,
+                location=location,
+            )
 
     return AssetDefinition(
         name=asset_name,
@@ -245,6 +263,7 @@ def build_asset(
         code_version=code_version,
         partitioned_by=partitioned_by,
         timeout=timeout_s,
+        ins=dict(ins or {}),
         location=location,
         params=tuple(p for p in params if p in deps),
         takes_var_kwargs=var_kwargs,

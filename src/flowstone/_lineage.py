@@ -35,7 +35,7 @@ class Lineage:
                 f"asset '{asset}' is not partitioned; drop partition={partition!r}",
                 context={"asset": asset, "partition": partition},
             )
-        typed_partition(self._app.pipeline, asset, partition)
+        typed_partition(self._app.resolver()(asset), asset, partition)
 
     def _latest(self, asset: str, partition: str | None) -> str | None:
         self._check(asset, partition)

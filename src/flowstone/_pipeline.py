@@ -26,7 +26,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 from flowstone._assets import AssetDefinition, build_asset
 from flowstone._errors import ConfigurationError, PipelineInvalid, Problem
 from flowstone._graph import AssetGraph, unknown_asset
-from flowstone._partitions import PartitionsDefinition
+from flowstone._mappings import In, default_mapping
+from flowstone.partitions import PartitionsDefinition
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,6 +78,7 @@ class Pipeline:
         code_version: str | None = None,
         partitioned_by: PartitionsDefinition | None = None,
         timeout: str | float | timedelta | None = None,
+        ins: Mapping[str, In] | None = None,
     ) -> Callable[[Callable[P, R]], AssetDefinition[P, R]]: ...
 
     def asset(
@@ -210,19 +212,18 @@ class Pipeline:
 
 
 def _partition_problem(asset: AssetDefinition[..., Any], upstream: AssetDefinition[..., Any]) -> str | None:
+    """Why the input ``upstream`` of ``asset`` cannot be mapped partition by partition, or None."""
     down, up = asset.partitioned_by, upstream.partitioned_by
-    if up is None:
-        return None  # every partition reads the one unpartitioned value
-    if down is None:
+    spec = asset.ins.get(upstream.name) or In()
+    mapping = spec.mapping or default_mapping(down, up)
+    if mapping is None:
         return (
-            f"is not partitioned but depends on partitioned asset '{upstream.name}'; "
-            "partition it the same way (fan-in mappings are not supported yet)"
+            f"has no default partition mapping from its input '{upstream.name}' ({up!r}) to its own "
+            f"partitions ({down!r}); give ins={{'{upstream.name}': fs.In(mapping=...)}}"
         )
-    if down != up:
-        return (
-            f"is partitioned by {down!r} but its upstream '{upstream.name}' by {up!r}; "
-            "use the same partitions definition"
-        )
+    problem = mapping.problem(down, up)
+    if problem:
+        return f"input '{upstream.name}': {problem}"
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -14,21 +14,28 @@ from .conftest import AppFactory
 
 # ---------------------------------------------------------------------- codecs
 def test_daily_partitions_codec() -> None:
-    days = fs.DailyPartitions(start="2025-01-01", end="2025-01-03")
+    # end is exclusive: the windows lying wholly inside [start, end)
+    days = fs.DailyPartitions(start="2025-01-01", end="2025-01-04")
     assert days.to_value("2025-01-02") == date(2025, 1, 2)
     assert list(days.keys()) == ["2025-01-01", "2025-01-02", "2025-01-03"]
+    assert days.count() == 3 and days.key_at(2) == "2025-01-03" and days.index_of("2025-01-02") == 1
     assert "2025-01-03" in days and "2025-01-04" not in days and 20250101 not in days
-    assert days == fs.DailyPartitions(start=date(2025, 1, 1), end=date(2025, 1, 3))
-    assert hash(days) == hash(fs.DailyPartitions(start="2025-01-01", end="2025-01-03"))
+    assert days.to_key(date(2025, 1, 3)) == "2025-01-03"
+    assert days == fs.DailyPartitions(start=date(2025, 1, 1), end=date(2025, 1, 4))
+    assert hash(days) == hash(fs.DailyPartitions(start="2025-01-01", end="2025-01-04"))
     assert days != fs.DailyPartitions(start="2025-01-01")
+    assert days != fs.DailyPartitions(start="2025-01-01", end="2025-01-04", timezone="Europe/Oslo")
+    assert repr(days) == "DailyPartitions(start='2025-01-01', end='2025-01-04')"
 
 
 def test_daily_partitions_accept_datetimes_as_bounds() -> None:
-    days = fs.DailyPartitions(start=datetime(2025, 1, 1, 12, 30), end=datetime(2025, 1, 2))
-    assert list(days.keys()) == ["2025-01-01", "2025-01-02"]
+    # A bound inside a day cuts that day off: only whole windows are partitions.
+    days = fs.DailyPartitions(start=datetime(2025, 1, 1, 12, 30), end=datetime(2025, 1, 4, 6, 0))
+    assert list(days.keys()) == ["2025-01-02", "2025-01-03"]
     assert days.to_value("2025-01-02") == date(2025, 1, 2)
-    assert "2025-01-03" not in days
-    assert days == fs.DailyPartitions(start="2025-01-01", end="2025-01-02")
+    assert "2025-01-01" not in days and "2025-01-04" not in days
+    assert days == fs.DailyPartitions(start="2025-01-02", end="2025-01-04")
+    assert days.start == datetime(2025, 1, 2, tzinfo=UTC) and days.end == datetime(2025, 1, 4, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("key", ["2025-1-5", "20250105", "2025-01-05T00:00", "yesterday", "", "2025-02-30"])
@@ -43,8 +50,11 @@ def test_daily_partitions_range() -> None:
         days.to_value("2025-01-09")
     with pytest.raises(ValueError, match="outside"):
         days.to_value("2025-01-21")
+    assert list(days.keys()) == [f"2025-01-{d}" for d in range(10, 20)]
     with pytest.raises(ValueError, match="before start"):
         fs.DailyPartitions(start="2025-02-01", end="2025-01-01")
+    with pytest.raises(ValueError, match="no whole window"):
+        fs.DailyPartitions(start="2025-02-01", end="2025-02-01T12:00")
     with pytest.raises(ValueError, match="not a date"):
         fs.DailyPartitions(start="soon")
 
@@ -57,15 +67,24 @@ def test_static_partitions_codec() -> None:
     with pytest.raises(ValueError, match="not one of"):
         regions.to_value("apac")
     assert regions == fs.StaticPartitions(["eu", "us"]) and regions != fs.StaticPartitions(["us", "eu"])
-    for bad in [[], ["eu", "eu"], ["eu", ""], ["eu", 1]]:
+    for bad in [[], ["eu", "eu"], ["eu", ""], ["eu", 1], "eu"]:
         with pytest.raises(ValueError):
             fs.StaticPartitions(bad)  # type: ignore[arg-type]
+
+
+def test_static_date_looking_keys_stay_strings() -> None:
+    days = fs.StaticPartitions(["2025-01-01", "2025-01-02T00:00"])
+    assert days.to_value("2025-01-01") == "2025-01-01"
+    assert type(days.to_value("2025-01-02T00:00")) is str
+    assert days.to_key("2025-01-01") == "2025-01-01"
+    with pytest.raises(ValueError):
+        days.to_key(date(2025, 1, 1))
 
 
 # ---------------------------------------------------------------------- materializing
 @pytest.fixture
 def daily_pipeline(pipeline: fs.Pipeline) -> fs.Pipeline:
-    days = fs.DailyPartitions(start="2025-01-01", end="2025-12-31")
+    days = fs.DailyPartitions(start="2025-01-01", end="2026-01-01")
 
     @pipeline.asset()
     def lookup(context: Any) -> dict[str, int]:
@@ -106,7 +125,7 @@ def test_context_partition_is_a_typed_date(daily_pipeline: fs.Pipeline, make_app
 
 def test_missing_partition_is_a_validation_error(daily_pipeline: fs.Pipeline, make_app: AppFactory) -> None:
     app = make_app(daily_pipeline)
-    with pytest.raises(fs.ValidationError, match="asset 'events' is partitioned; choose a partition"):
+    with pytest.raises(fs.ValidationError, match="asset 'report' is partitioned; choose a partition"):
         app.materialize("report")
     assert app.runs() == []
 
@@ -116,7 +135,7 @@ def test_invalid_partition_key_is_a_validation_error(
     daily_pipeline: fs.Pipeline, make_app: AppFactory, key: str
 ) -> None:
     app = make_app(daily_pipeline)
-    with pytest.raises(fs.ValidationError, match="is not valid for asset 'events'") as info:
+    with pytest.raises(fs.ValidationError, match="is not valid for asset 'report'") as info:
         app.materialize("report", partition=key)
     assert info.value.context["partition"] == key
     assert app.runs() == []
@@ -146,3 +165,21 @@ def test_static_partitions(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
         app.load("sales", partition="apac")
     mats = app.store.materializations(tenant="default", asset="sales")
     assert sorted(m.partition_key or "" for m in mats) == ["eu", "us"]
+
+
+def test_multi_partitions_give_a_typed_key(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    parts = fs.MultiPartitions(
+        {"region": fs.StaticPartitions(["eu", "us|ca"]), "date": fs.DailyPartitions(start="2025-01-01")}
+    )
+
+    @pipeline.asset(partitioned_by=parts)
+    def sales(context: fs.Context) -> tuple[str, date, str]:
+        return (context.partition.region, context.partition["date"], context.partition_key)
+
+    app = make_app(pipeline)
+    key = parts.key_of(region="us|ca", date="2025-01-15")
+    assert key == "us\\|ca|2025-01-15"
+    assert app.materialize("sales", partition=key).success
+    assert app.load("sales", partition=key) == ("us|ca", date(2025, 1, 15), key)
+    with pytest.raises(fs.ValidationError, match="dimension 'region'"):
+        app.materialize("sales", partition="apac|2025-01-15")

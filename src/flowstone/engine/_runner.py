@@ -23,6 +23,7 @@ from flowstone._assets import AssetDefinition, Output
 from flowstone._context import Context, Resources
 from flowstone._errors import (
     DependencyFailed,
+    DependencyNotReady,
     ExecutionError,
     FlowStoneError,
     IOManagerError,
@@ -43,11 +44,13 @@ from flowstone._events import (
 from flowstone._ids import new_id
 from flowstone._pipeline import Pipeline
 from flowstone._records import Materialization, RunStatus, StepStatus
-from flowstone.engine._planner import Plan, PlannedStep, StepKey, typed_partition
+from flowstone.engine._planner import Plan, PlannedStep, Resolve, StepKey, typed_partition
 from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
 from flowstone.io._base import IOContext, IOManager, StoredValue
 from flowstone.store._store import HOST, NewStep, Store, utcnow
 from flowstone.store._writer import RunWriter, StepOutcome
+
+CANCEL_CHECK_EVERY_S = 0.5
 
 
 class Executor(Protocol):
@@ -106,6 +109,10 @@ class RunEnv:
     io_managers: Mapping[str, IOManager]
     resources: Mapping[str, Any]
     events: EventBus
+    resolve: Resolve
+    # Called between steps (at most every CANCEL_CHECK_EVERY_S): True stops starting new steps.
+    cancelled: Callable[[], bool] | None = None
+    backfill_id: str | None = None
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
         return asset.io_manager or self.pipeline.default_io_manager
@@ -153,11 +160,31 @@ def _io_context(env: RunEnv, asset: AssetDefinition[..., Any], key: str | None, 
     return IOContext(
         asset=asset.name,
         partition_key=key,
-        partition=typed_partition(env.pipeline, asset.name, key),
+        partition=typed_partition(env.resolve(asset.name), asset.name, key),
         tenant=env.tenant,
         run_id=run_id,
         config=asset.io_config,
     )
+
+
+def _load(
+    env: RunEnv,
+    manager: IOManager,
+    asset: AssetDefinition[..., Any],
+    dep: AssetDefinition[..., Any],
+    key: str | None,
+    run_id: str,
+) -> Any:
+    try:
+        return manager.load(_io_context(env, dep, key, run_id))
+    except FlowStoneError:
+        raise
+    except Exception as exc:
+        raise IOManagerError(
+            f"loading '{dep.name}' for asset '{asset.name}' failed: {exc}",
+            context={"asset": asset.name, "upstream": dep.name, "partition": key},
+            original=exc,
+        ) from exc
 
 
 def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
@@ -167,23 +194,18 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
     stage = "load"
     try:
         inputs: dict[str, Any] = {}
-        for dep_name, dep_key in step.inputs:
-            dep = env.pipeline.assets[dep_name]
+        for group in step.groups:
+            dep = env.pipeline.assets[group.asset]
             manager = env.io_managers[env.io_manager_name(dep)]
-            try:
-                inputs[dep_name] = manager.load(_io_context(env, dep, dep_key, run_id))
-            except FlowStoneError:
-                raise
-            except Exception as exc:
-                raise IOManagerError(
-                    f"loading '{dep_name}' for asset '{asset.name}' failed: {exc}",
-                    context={"asset": asset.name, "upstream": dep_name, "partition": dep_key},
-                    original=exc,
-                ) from exc
+            values = {key: _load(env, manager, asset, dep, key, run_id) for key in group.keys}
+            if group.many:
+                inputs[group.asset] = values
+            else:  # one key, or none when a missing partition is skipped
+                inputs[group.asset] = next(iter(values.values()), None)
         context = Context(
             asset_name=asset.name,
             partition_key=step.partition_key,
-            partition=typed_partition(env.pipeline, asset.name, step.partition_key),
+            partition=typed_partition(env.resolve(asset.name), asset.name, step.partition_key),
             run_id=run_id,
             tenant=env.tenant,
             resources=Resources(asset.name, env.resources, asset.requires),
@@ -253,6 +275,8 @@ class _Run:
             for i in planned_inputs:
                 self.children[i].append(s.key)
         self.writer: RunWriter | None = None
+        self.cancelled = False
+        self.last_cancel_check = float("-inf")
 
     def emit(self, type_: str, key: StepKey | None = None, **data: Any) -> Event:
         event = Event(type_, utcnow(), self.run_id, key[0] if key else None, key[1] if key else None, data)
@@ -276,6 +300,7 @@ class _Run:
                 )
                 for i, s in enumerate(self.plan.steps)
             ],
+            backfill_id=env.backfill_id,
         )
         self.emit(RUN_STARTED, steps=len(self.plan.steps))
         self.writer = env.store.run_writer(self.run_id)
@@ -291,7 +316,10 @@ class _Run:
         self.executor.shutdown()
         self.writer.close()
         failed = any(r.status is not StepStatus.SUCCEEDED for r in self.results.values())
-        status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+        if self.cancelled and not any(r.status is StepStatus.FAILED for r in self.results.values()):
+            status = RunStatus.CANCELLED
+        else:
+            status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
         finished_at = env.store.finish_run(tenant=env.tenant, run_id=self.run_id, status=status)
         self.emit(RUN_FINISHED, status=status.value)
         return RunResult(
@@ -307,12 +335,21 @@ class _Run:
         ready = deque(s.key for s in self.plan.steps if self.waiting[s.key] == 0)
         inflight: dict[Future[Any], StepKey] = {}
         while ready or inflight:
+            if ready and self._cancel_requested():
+                self._cancel_pending()
+                ready.clear()
             while ready and len(inflight) < self.executor.capacity:
                 key = ready.popleft()
+                blocked = self.steps[key].blocked
+                if blocked is not None:
+                    self._blocked(key, *blocked)
+                    continue
                 self._start(key)
                 task = functools.partial(_compute, self.env, self.steps[key], self.run_id)
                 inflight[self.executor.submit(task)] = key
             self._writer.maybe_flush()
+            if not inflight:
+                continue
             # The serial executor hands back finished futures: no need to wait on them.
             done = [f for f in inflight if f.done()] or wait(list(inflight), return_when=FIRST_COMPLETED)[0]
             for future in done:
@@ -327,6 +364,34 @@ class _Run:
                 else:
                     self._failed(key, computed)
         self._writer.flush()
+
+    def _cancel_requested(self) -> bool:
+        check = self.env.cancelled
+        if check is None or self.cancelled:
+            return self.cancelled
+        now = time.monotonic()
+        if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
+            self.last_cancel_check = now
+            self.cancelled = bool(check())
+        return self.cancelled
+
+    def _cancel_pending(self) -> None:
+        """Stop starting steps: every step not started yet is skipped; running ones finish."""
+        pending = [k for k, r in self.results.items() if r.status is StepStatus.PENDING]
+        self._skip(pending, "cancelled before it started", "cancelled", None)
+
+    def _blocked(self, key: StepKey, policy: str, reason: str) -> None:
+        error = DependencyNotReady(
+            f"asset '{key[0]}' cannot run: {reason}",
+            context={"asset": key[0], "partition": key[1]},
+        )
+        if policy == "wait":
+            self._skip([key], f"waiting: {reason}", error.type, error)
+        else:
+            self._start(key)
+            computed = _Computed(utcnow(), 0.0, error=error)
+            self._record(key, computed, self.emit(STEP_FAILED, key, error=error.to_dict()))
+        self._skip_downstream(key)
 
     @property
     def _writer(self) -> RunWriter:
@@ -392,24 +457,29 @@ class _Run:
         self._skip_downstream(key)
 
     def _skip_downstream(self, failed: StepKey) -> None:
-        skipped: list[tuple[str, str, Event]] = []
+        reason = f"upstream '{failed[0]}' failed"
         frontier = list(self.children[failed])
+        seen: set[StepKey] = set()
         while frontier:
             key = frontier.pop()
-            result = self.results[key]
-            if result.status is not StepStatus.PENDING:
+            if key in seen or self.results[key].status is not StepStatus.PENDING:
                 continue
-            reason = f"upstream '{failed[0]}' failed"
-            result.status = StepStatus.SKIPPED
-            result.reason = reason
-            result.error = DependencyFailed(
+            seen.add(key)
+            error = DependencyFailed(
                 f"asset '{key[0]}' was not run: {reason}",
                 context={"asset": key[0], "partition": key[1], "upstream": failed[0]},
             )
-            skipped.append(
-                (self.step_ids[key], result.error.type, self.emit(STEP_SKIPPED, key, reason=reason))
-            )
+            self._skip([key], reason, error.type, error)
             frontier.extend(self.children[key])
+
+    def _skip(self, keys: list[StepKey], reason: str, error_type: str, error: FlowStoneError | None) -> None:
+        skipped: list[tuple[str, str, Event]] = []
+        for key in keys:
+            result = self.results[key]
+            result.status = StepStatus.SKIPPED
+            result.reason = reason
+            result.error = error
+            skipped.append((self.step_ids[key], error_type, self.emit(STEP_SKIPPED, key, reason=reason)))
         self._writer.skip_steps(tenant=self.env.tenant, skipped=skipped)
 
 

@@ -1,4 +1,4 @@
-"""The metadata store (runs, steps, materializations, lineage, events, audit)."""
+"""The metadata store (runs, steps, materializations, lineage, partitions, backfills, events, audit)."""
 
 from flowstone.store._store import Store
 

@@ -1,7 +1,12 @@
 """The metadata store: every write and query FlowStone makes against its database.
 
 One class, one place for the SQL. SQLite (the embedded default, WAL mode) and PostgreSQL run the
-same statements; the only dialect-specific one is the upsert of an asset partition's latest state.
+same statements; the dialect-specific ones are the upsert of an asset partition's latest state
+(in the run writer) and the lock a read-then-write transaction takes (``_serialized``).
+
+Questions about many partitions (status counts, missing keys, latest states, invalidation) are
+answered in SQL: GROUP BY over indexes, or one ``IN`` query per chunk of ``CHUNK`` keys read
+lazily from the caller's iterable, never one query per key or all rows into Python.
 """
 
 from __future__ import annotations
@@ -9,20 +14,27 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from flowstone._errors import ConfigurationError, FlowStoneError, StoreError
+from flowstone._errors import ConfigurationError, FlowStoneError, StoreError, ValidationError
+from flowstone._ids import new_id
 from flowstone._records import (
+    BACKFILL_COUNT_NAMES,
     AssetPartitionState,
+    BackfillRecord,
+    BackfillStatus,
     LineageEntry,
     Materialization,
+    PartitionStatus,
     RunRecord,
     RunStatus,
     StepRecord,
@@ -31,10 +43,19 @@ from flowstone._records import (
 from flowstone.store import _tables as t
 from flowstone.store._writer import RunWriter
 
+T = TypeVar("T")
+
 HOST = socket.gethostname()
 # Lineage is acyclic (a materialization only consumes earlier ones), so an unbounded walk ends;
 # the cap only guards against pathological histories. Asking for more is an error, not a silent cut.
 MAX_LINEAGE_DEPTH = 10_000
+# Keys per IN (...) query: far below every driver's parameter limit, large enough that a million
+# keys take a thousand round trips.
+CHUNK = 1000
+# Audit rows name at most this many partition keys (and always the count).
+AUDIT_KEYS = 100
+MAX_KEY_LENGTH = 1024
+MAX_PAGE_SIZE = 10_000
 
 
 def utcnow() -> datetime:
@@ -53,6 +74,47 @@ def _key_out(key: str) -> str | None:
 
 def _key_in(key: str | None) -> str:
     return key or ""
+
+
+def _batches(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """Consecutive lists of up to ``size`` items, pulled lazily from ``items``."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _audit_keys(keys: Sequence[str | None]) -> dict[str, Any]:
+    return {
+        "partitions": [_key_out(_key_in(k)) for k in keys[:AUDIT_KEYS]],
+        "count": len(keys),
+        "truncated": len(keys) > AUDIT_KEYS,
+    }
+
+
+def _dynamic_keys(keys: Iterable[str]) -> list[str]:
+    """The keys once each, in first-seen order; every one a non-empty string that fits."""
+    if isinstance(keys, str):
+        raise ValidationError("partition keys must be given as a collection of strings, not one string")
+    unique: dict[str, None] = {}
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"a dynamic partition key must be a non-empty string, got {key!r}")
+        if len(key) > MAX_KEY_LENGTH:
+            raise ValidationError(
+                f"partition key {key[:40]!r}... is {len(key)} characters long; at most {MAX_KEY_LENGTH} fit",
+                context={"length": len(key)},
+            )
+        unique[key] = None
+    return list(unique)
+
+
+def _counts(counts: Mapping[str, int] | None) -> dict[str, int]:
+    merged = dict.fromkeys(BACKFILL_COUNT_NAMES, 0)
+    for name, value in (counts or {}).items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValidationError(f"backfill count {name!r} must be a non-negative integer, got {value!r}")
+        merged[name] = value
+    return merged
 
 
 def normalize_url(url: str) -> str:
@@ -158,6 +220,7 @@ class Store:
         actor: str,
         executor: str,
         steps: Sequence[NewStep],
+        backfill_id: str | None = None,
     ) -> datetime:
         """Insert the run, all its steps (pending) and the audit row in one transaction."""
         now = utcnow()
@@ -180,6 +243,7 @@ class Store:
                     "started_at": now,
                     "heartbeat_at": now,
                     "step_count": len(steps),
+                    "backfill_id": backfill_id,
                 },
             )
             if steps:
@@ -207,7 +271,12 @@ class Store:
                 action="materialize",
                 resource_type="run",
                 resource_id=run_id,
-                details={"selection": selection, "partition": partition_key, "force": force},
+                details={
+                    "selection": selection,
+                    "partition": partition_key,
+                    "force": force,
+                    **({"backfill": backfill_id} if backfill_id else {}),
+                },
                 at=now,
             )
             self._events(conn, tenant, [{"type": "run.started", "run_id": run_id, "at": now}])
@@ -480,11 +549,15 @@ class Store:
                 row = rows[0] if len(rows) == 1 else None
         return _run(row) if row is not None else None
 
-    def list_runs(self, *, tenant: str, limit: int = 20, status: str | None = None) -> list[RunRecord]:
+    def list_runs(
+        self, *, tenant: str, limit: int = 20, status: str | None = None, backfill_id: str | None = None
+    ) -> list[RunRecord]:
         c = t.runs.c
         query = sa.select(t.runs).where(c.tenant_id == tenant)
         if status is not None:
             query = query.where(c.status == status)
+        if backfill_id is not None:
+            query = query.where(c.backfill_id == backfill_id)
         query = query.order_by(c.created_at.desc(), c.id).limit(limit)
         with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query)]
@@ -610,6 +683,625 @@ class Store:
                 for r in conn.execute(query)
             ]
 
+    # ------------------------------------------------------------------ partitions: state at scale
+    def partition_status(
+        self, *, tenant: str, asset: str, total: int | None = None, page: int = 0, page_size: int = 100
+    ) -> PartitionStatus:
+        """Counts per latest status, stale and fresh counts, and one page of failed keys.
+
+        Three indexed queries, whatever the number of partitions: a GROUP BY over the status
+        index (which holds every column it reads), a GROUP BY over the partial index of stale
+        partitions, and the requested page of failed keys in key order from the status index.
+        ``total`` is the number of keys of the asset's partition definition, if known: then
+        ``missing`` counts those with no record at all.
+        """
+        if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
+            raise ValidationError(f"total must be a non-negative integer, got {total!r}")
+        if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+            raise ValidationError(f"page must be a non-negative integer, got {page!r}")
+        if (
+            not isinstance(page_size, int)
+            or isinstance(page_size, bool)
+            or not 1 <= page_size <= MAX_PAGE_SIZE
+        ):
+            raise ValidationError(
+                f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {page_size!r}"
+            )
+        c = t.asset_partitions.c
+        mine = (c.tenant_id == tenant, c.asset == asset)
+        per_status = sa.select(c.last_status, sa.func.count()).where(*mine).group_by(c.last_status)
+        stale_per_status = (
+            sa.select(c.last_status, sa.func.count())
+            .where(*mine, c.stale_since.is_not(None))
+            .group_by(c.last_status)
+        )
+        failed_page = (
+            sa.select(c.partition_key)
+            .where(*mine, c.last_status == "failed")
+            .order_by(c.partition_key)
+            .limit(page_size)
+            .offset(page * page_size)
+        )
+        with self.engine.connect() as conn:
+            counts = {status: int(n) for status, n in conn.execute(per_status)}
+            stale = {status: int(n) for status, n in conn.execute(stale_per_status)}
+            failed_keys = list(conn.execute(failed_page).scalars())
+        recorded = sum(counts.values())
+        return PartitionStatus(
+            asset=asset,
+            counts=counts,
+            stale=sum(stale.values()),
+            fresh=counts.get("success", 0) - stale.get("success", 0),
+            total=total,
+            missing=None if total is None else max(total - recorded, 0),
+            failed_keys=failed_keys,
+            page=page,
+            page_size=page_size,
+        )
+
+    def missing_keys(
+        self,
+        *,
+        tenant: str,
+        asset: str,
+        candidate_keys: Iterable[str],
+        limit: int | None = None,
+        chunk_size: int = CHUNK,
+    ) -> list[str]:
+        """The candidates (in their order) that have no successful materialization.
+
+        ``candidate_keys`` may be a generator over a partition definition of any size: it is read
+        ``chunk_size`` keys at a time, one ``IN`` query each, and reading stops as soon as
+        ``limit`` keys were found.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size!r}")
+        if limit is not None and limit <= 0:
+            return []
+        c = t.asset_partitions.c
+        missing: list[str] = []
+        with self.engine.connect() as conn:
+            for chunk in _batches(candidate_keys, chunk_size):
+                done = set(
+                    conn.execute(
+                        sa.select(c.partition_key).where(
+                            c.tenant_id == tenant,
+                            c.asset == asset,
+                            c.partition_key.in_([_key_in(k) for k in chunk]),
+                            c.success_materialization_id.is_not(None),
+                        )
+                    ).scalars()
+                )
+                for key in chunk:
+                    if _key_in(key) not in done:
+                        missing.append(key)
+                        if limit is not None and len(missing) >= limit:
+                            return missing
+        return missing
+
+    def latest_states(
+        self, *, tenant: str, asset: str, keys: Iterable[str | None]
+    ) -> dict[str | None, AssetPartitionState]:
+        """The latest state of each of these partitions of ``asset`` that has one (chunked IN)."""
+        c = t.asset_partitions.c
+        found: dict[str | None, AssetPartitionState] = {}
+        with self.engine.connect() as conn:
+            for chunk in _batches(keys):
+                query = sa.select(t.asset_partitions).where(
+                    c.tenant_id == tenant, c.asset == asset, c.partition_key.in_([_key_in(k) for k in chunk])
+                )
+                for row in conn.execute(query):
+                    state = _partition_state(row)
+                    found[state.partition_key] = state
+        return found
+
+    def stale_keys(
+        self, *, tenant: str, asset: str, after: str | None = None, limit: int = 1000
+    ) -> list[str | None]:
+        """Keys of the partitions of ``asset`` marked stale, in key order, from after ``after``."""
+        c = t.asset_partitions.c
+        query = sa.select(c.partition_key).where(
+            c.tenant_id == tenant, c.asset == asset, c.stale_since.is_not(None)
+        )
+        if after is not None:
+            query = query.where(c.partition_key > after)
+        with self.engine.connect() as conn:
+            keys = conn.execute(query.order_by(c.partition_key).limit(limit)).scalars()
+            return [_key_out(k) for k in keys]
+
+    def mark_stale(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        pairs: Iterable[tuple[str, str | None]] | None = None,
+        asset: str | None = None,
+        keys: Iterable[str | None] | None = None,
+        all_partitions: bool = False,
+        reason: str | None = None,
+    ) -> int:
+        """Mark partitions stale on purpose; returns how many were not stale yet.
+
+        Give ``pairs`` of (asset, key), or ``asset`` with ``keys`` (``None`` is the key of an
+        unpartitioned asset), or ``asset`` with ``all_partitions=True``. Only partitions with a
+        record can be stale (one never materialized is missing); one already stale keeps the
+        time it became so. The next success of a partition clears its mark (the run writer does).
+        Writes one audit row ``invalidate`` per asset, in the same transaction.
+        """
+        stream: Iterable[tuple[str, str | None]] | None
+        if pairs is not None:
+            if asset is not None or keys is not None or all_partitions:
+                raise ValueError("give pairs, or asset with keys or all_partitions, not both")
+            stream = pairs
+        elif asset is None:
+            raise ValueError("give pairs, or asset with keys or all_partitions")
+        elif all_partitions:
+            if keys is not None:
+                raise ValueError("give keys or all_partitions, not both")
+            stream = None
+        elif keys is None:
+            raise ValueError("give the keys to invalidate, or all_partitions=True")
+        else:
+            stream = ((asset, key) for key in keys)
+        now = utcnow()
+        c = t.asset_partitions.c
+        mark = t.asset_partitions.update().values(stale_since=now)
+        with self.engine.begin() as conn:
+            if stream is None:
+                assert asset is not None
+                marked = conn.execute(
+                    mark.where(c.tenant_id == tenant, c.asset == asset, c.stale_since.is_(None))
+                ).rowcount
+                self._audit(
+                    conn,
+                    tenant=tenant,
+                    actor=actor,
+                    action="invalidate",
+                    resource_type="asset",
+                    resource_id=asset,
+                    details={"all_partitions": True, "marked": marked},
+                    reason=reason,
+                    at=now,
+                )
+                return marked
+            # Per asset, for its audit row: the first keys, how many were asked for and marked.
+            named: dict[str, list[str | None]] = {}
+            asked: dict[str, int] = {}
+            marked_per_asset: dict[str, int] = {}
+            for chunk in _batches(stream):
+                by_asset: dict[str, list[str]] = {}
+                for pair_asset, key in chunk:
+                    by_asset.setdefault(pair_asset, []).append(_key_in(key))
+                for name, chunk_keys in by_asset.items():
+                    result = conn.execute(
+                        mark.where(
+                            c.tenant_id == tenant,
+                            c.asset == name,
+                            c.partition_key.in_(chunk_keys),
+                            c.stale_since.is_(None),
+                        )
+                    )
+                    first = named.setdefault(name, [])
+                    first.extend(_key_out(k) for k in chunk_keys[: AUDIT_KEYS - len(first)])
+                    asked[name] = asked.get(name, 0) + len(chunk_keys)
+                    marked_per_asset[name] = marked_per_asset.get(name, 0) + result.rowcount
+            for name, first in named.items():
+                self._audit(
+                    conn,
+                    tenant=tenant,
+                    actor=actor,
+                    action="invalidate",
+                    resource_type="asset",
+                    resource_id=name,
+                    details={
+                        "partitions": first,
+                        "count": asked[name],
+                        "truncated": asked[name] > len(first),
+                        "marked": marked_per_asset[name],
+                    },
+                    reason=reason,
+                    at=now,
+                )
+        return sum(marked_per_asset.values())
+
+    def consumed_versions(
+        self, *, tenant: str, materialization_ids: Iterable[str]
+    ) -> dict[str, list[tuple[str, str | None, str, str | None]]]:
+        """What each materialization consumed: (upstream asset, key, materialization id, data version).
+
+        Every id asked for is in the answer (with ``[]`` when it consumed nothing), in one
+        ``IN`` query per chunk of ids.
+        """
+        lin = t.lineage.c
+        consumed: dict[str, list[tuple[str, str | None, str, str | None]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _batches(materialization_ids):
+                for mat_id in chunk:
+                    consumed[mat_id] = []
+                query = (
+                    sa.select(
+                        lin.materialization_id,
+                        lin.upstream_asset,
+                        lin.upstream_partition_key,
+                        lin.upstream_materialization_id,
+                        lin.upstream_data_version,
+                    )
+                    .where(lin.tenant_id == tenant, lin.materialization_id.in_(chunk))
+                    .order_by(lin.materialization_id, lin.upstream_asset, lin.upstream_partition_key)
+                )
+                for mat_id, up_asset, up_key, up_id, up_version in conn.execute(query):
+                    consumed[mat_id].append((up_asset, _key_out(up_key), up_id, up_version))
+        return consumed
+
+    # ------------------------------------------------------------------ dynamic partitions
+    @contextmanager
+    def _serialized(self, lock_name: str) -> Iterator[Connection]:
+        """A write transaction that holds a lock on ``lock_name`` from its first statement.
+
+        For read-then-write sequences: SQLite takes the database's write lock at once (a deferred
+        transaction could not upgrade after another wrote); PostgreSQL a transaction-scoped
+        advisory lock on the name.
+        """
+        with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.dialect == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(7426002, hashtext(:name))"), {"name": lock_name}
+                )
+            yield conn
+
+    def add_dynamic_partitions(
+        self, *, tenant: str, name: str, keys: Iterable[str], actor: str = "system"
+    ) -> list[str]:
+        """Add keys to the dynamic partition definition ``name``; returns the new ones, in order.
+
+        Idempotent: a key already there is left alone and keeps its position. New keys go after
+        every existing one, in the order given. One audit row ``add_partitions`` (when any key
+        was new), in the same transaction.
+        """
+        wanted = _dynamic_keys(keys)
+        if not wanted:
+            return []
+        c = t.dynamic_partitions.c
+        now = utcnow()
+        with self._serialized(f"{tenant}/{name}") as conn:
+            existing: set[str] = set()
+            for chunk in _batches(wanted):
+                existing.update(
+                    conn.execute(
+                        sa.select(c.partition_key).where(
+                            c.tenant_id == tenant, c.name == name, c.partition_key.in_(chunk)
+                        )
+                    ).scalars()
+                )
+            added = [k for k in wanted if k not in existing]
+            if not added:
+                return []
+            last = conn.execute(
+                sa.select(sa.func.max(c.position)).where(c.tenant_id == tenant, c.name == name)
+            ).scalar()
+            start = 0 if last is None else int(last) + 1
+            for offset, chunk in enumerate(_batches(added, 10_000)):
+                conn.execute(
+                    t.dynamic_partitions.insert(),
+                    [
+                        {
+                            "tenant_id": tenant,
+                            "name": name,
+                            "partition_key": key,
+                            "position": start + offset * 10_000 + i,
+                            "added_at": now,
+                            "added_by": actor,
+                        }
+                        for i, key in enumerate(chunk)
+                    ],
+                )
+            self._audit(
+                conn,
+                tenant=tenant,
+                actor=actor,
+                action="add_partitions",
+                resource_type="dynamic_partitions",
+                resource_id=name,
+                details=_audit_keys(added),
+                at=now,
+            )
+        return added
+
+    def remove_dynamic_partitions(
+        self, *, tenant: str, name: str, keys: Iterable[str], actor: str = "system", reason: str | None = None
+    ) -> list[str]:
+        """Remove keys from ``name``; returns those that were there, in the order given.
+
+        What was materialized for them stays in the store. One audit row ``remove_partitions``
+        (when any key was there), in the same transaction.
+        """
+        wanted = _dynamic_keys(keys)
+        if not wanted:
+            return []
+        c = t.dynamic_partitions.c
+        now = utcnow()
+        with self._serialized(f"{tenant}/{name}") as conn:
+            present: set[str] = set()
+            for chunk in _batches(wanted):
+                mine = (c.tenant_id == tenant, c.name == name, c.partition_key.in_(chunk))
+                present.update(conn.execute(sa.select(c.partition_key).where(*mine)).scalars())
+                conn.execute(t.dynamic_partitions.delete().where(*mine))
+            removed = [k for k in wanted if k in present]
+            if removed:
+                self._audit(
+                    conn,
+                    tenant=tenant,
+                    actor=actor,
+                    action="remove_partitions",
+                    resource_type="dynamic_partitions",
+                    resource_id=name,
+                    details=_audit_keys(removed),
+                    reason=reason,
+                    at=now,
+                )
+        return removed
+
+    def dynamic_partition_keys(
+        self, *, tenant: str, name: str, offset: int = 0, limit: int | None = None
+    ) -> list[str]:
+        """The keys of ``name`` in the order they were added (a page of them with offset/limit)."""
+        c = t.dynamic_partitions.c
+        query = (
+            sa.select(c.partition_key)
+            .where(c.tenant_id == tenant, c.name == name)
+            .order_by(c.position, c.partition_key)
+            .offset(offset)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def dynamic_partition_count(self, *, tenant: str, name: str) -> int:
+        c = t.dynamic_partitions.c
+        query = sa.select(sa.func.count()).where(c.tenant_id == tenant, c.name == name)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def existing_dynamic_partitions(self, *, tenant: str, name: str, keys: Iterable[str]) -> set[str]:
+        """Which of these keys ``name`` has (one IN query per chunk)."""
+        c = t.dynamic_partitions.c
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _batches(keys):
+                query = sa.select(c.partition_key).where(
+                    c.tenant_id == tenant, c.name == name, c.partition_key.in_(chunk)
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
+    # ------------------------------------------------------------------ backfills
+    def create_backfill(
+        self,
+        *,
+        tenant: str,
+        pipeline: str,
+        assets: Sequence[str],
+        spec: Mapping[str, Any],
+        partition_keys: Sequence[str],
+        force: bool = False,
+        parallel: int = 1,
+        actor: str = "system",
+        backfill_id: str | None = None,
+        counts: Mapping[str, int] | None = None,
+    ) -> BackfillRecord:
+        """Record a requested backfill (status ``requested``) and its audit row ``backfill``.
+
+        ``counts`` defaults to every (asset, partition) pair queued.
+        """
+        if isinstance(assets, str) or isinstance(partition_keys, str):
+            raise ValidationError("assets and partition_keys must be sequences of strings")
+        if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+            raise ValidationError(f"parallel must be a positive integer, got {parallel!r}")
+        backfill_id = backfill_id or new_id()
+        now = utcnow()
+        row = {
+            "id": backfill_id,
+            "tenant_id": tenant,
+            "pipeline": pipeline,
+            "assets": list(assets),
+            "spec": dict(spec),
+            "partition_keys": list(partition_keys),
+            "force": bool(force),
+            "parallel": parallel,
+            "status": BackfillStatus.REQUESTED.value,
+            "counts": _counts(counts or {"queued": len(assets) * len(partition_keys)}),
+            "cancel_requested": False,
+            "actor": actor,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(t.backfills.insert(), row)
+            self._audit(
+                conn,
+                tenant=tenant,
+                actor=actor,
+                action="backfill",
+                resource_type="backfill",
+                resource_id=backfill_id,
+                details={
+                    "pipeline": pipeline,
+                    "assets": list(assets),
+                    "spec": dict(spec),
+                    "partitions": len(partition_keys),
+                    "force": bool(force),
+                    "parallel": parallel,
+                },
+                at=now,
+            )
+        record = self.get_backfill(tenant=tenant, backfill_id=backfill_id)
+        assert record is not None
+        return record
+
+    def get_backfill(self, *, tenant: str, backfill_id: str) -> BackfillRecord | None:
+        """The backfill with this id, or the only one whose id starts with it (short ids)."""
+        c = t.backfills.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.backfills).where(c.tenant_id == tenant, c.id == backfill_id)
+            ).first()
+            if (
+                row is None
+                and 4 <= len(backfill_id) < 32
+                and all(ch in "0123456789abcdef" for ch in backfill_id)
+            ):
+                rows = conn.execute(
+                    sa.select(t.backfills).where(c.tenant_id == tenant, c.id.startswith(backfill_id)).limit(2)
+                ).all()
+                row = rows[0] if len(rows) == 1 else None
+        return _backfill(row) if row is not None else None
+
+    def list_backfills(
+        self, *, tenant: str, limit: int = 20, status: str | None = None
+    ) -> list[BackfillRecord]:
+        """Newest first."""
+        c = t.backfills.c
+        query = sa.select(t.backfills).where(c.tenant_id == tenant)
+        if status is not None:
+            query = query.where(c.status == BackfillStatus(status).value)
+        query = query.order_by(c.created_at.desc(), c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_backfill(r) for r in conn.execute(query)]
+
+    def update_backfill_counts(
+        self,
+        *,
+        tenant: str,
+        backfill_id: str,
+        counts: Mapping[str, int],
+        status: BackfillStatus | str | None = None,
+    ) -> bool:
+        """Replace the counts (names not given become 0), and the status if given.
+
+        The first move to ``running`` sets ``started_at``; a finished status sets
+        ``finished_at``. Returns False when there is no such backfill.
+        """
+        c = t.backfills.c
+        now = utcnow()
+        values: dict[str, Any] = {"counts": _counts(counts), "updated_at": now}
+        if status is not None:
+            new_status = BackfillStatus(status)
+            values["status"] = new_status.value
+            if new_status is BackfillStatus.RUNNING:
+                values["started_at"] = sa.func.coalesce(c.started_at, now)
+            if new_status.finished:
+                values["finished_at"] = now
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.backfills.update().where(c.tenant_id == tenant, c.id == backfill_id).values(values)
+            )
+        return bool(result.rowcount)
+
+    def request_cancel(
+        self, *, tenant: str, backfill_id: str, actor: str = "system", reason: str | None = None
+    ) -> bool:
+        """Ask a backfill that has not finished to stop (its runner polls for this).
+
+        Returns False, and records nothing, when the backfill does not exist or has finished.
+        Otherwise writes the audit row ``cancel`` in the same transaction.
+        """
+        c = t.backfills.c
+        unfinished = [s.value for s in BackfillStatus if not s.finished]
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.backfills.update()
+                .where(c.tenant_id == tenant, c.id == backfill_id, c.status.in_(unfinished))
+                .values(cancel_requested=True, updated_at=now)
+            )
+            if not result.rowcount:
+                return False
+            self._audit(
+                conn,
+                tenant=tenant,
+                actor=actor,
+                action="cancel",
+                resource_type="backfill",
+                resource_id=backfill_id,
+                reason=reason,
+                at=now,
+            )
+        return True
+
+    def cancel_requested(self, *, tenant: str, backfill_id: str) -> bool:
+        """Whether someone asked this backfill to stop (one indexed read; for polling)."""
+        c = t.backfills.c
+        query = sa.select(c.cancel_requested).where(c.tenant_id == tenant, c.id == backfill_id)
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query).scalar())
+
+    def resume_backfill(self, *, tenant: str, backfill_id: str, actor: str = "system") -> bool:
+        """Make a finished backfill ``requested`` again (a resume retries what did not succeed).
+
+        Clears the cancel request, ``finished_at`` and the error; the counts stay until the
+        runner replaces them. Returns False when there is no such finished backfill; otherwise
+        writes the audit row ``resume``.
+        """
+        c = t.backfills.c
+        finished = [s.value for s in BackfillStatus if s.finished]
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.backfills.update()
+                .where(c.tenant_id == tenant, c.id == backfill_id, c.status.in_(finished))
+                .values(
+                    status=BackfillStatus.REQUESTED.value,
+                    cancel_requested=False,
+                    finished_at=None,
+                    error=None,
+                    updated_at=now,
+                )
+            )
+            if not result.rowcount:
+                return False
+            self._audit(
+                conn,
+                tenant=tenant,
+                actor=actor,
+                action="resume",
+                resource_type="backfill",
+                resource_id=backfill_id,
+                at=now,
+            )
+        return True
+
+    def finish_backfill(
+        self,
+        *,
+        tenant: str,
+        backfill_id: str,
+        status: BackfillStatus | str,
+        counts: Mapping[str, int] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record the end of a backfill: a finished status, optionally its final counts and error."""
+        final = BackfillStatus(status)
+        if not final.finished:
+            raise ValueError(f"finish_backfill needs a finished status, not {final.value!r}")
+        c = t.backfills.c
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": final.value,
+            "finished_at": now,
+            "updated_at": now,
+            "error": error,
+        }
+        if counts is not None:
+            values["counts"] = _counts(counts)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.backfills.update().where(c.tenant_id == tenant, c.id == backfill_id).values(values)
+            )
+        return bool(result.rowcount)
+
     def ping(self) -> None:
         try:
             with self.engine.connect() as conn:
@@ -646,6 +1338,9 @@ def _partition_state(r: Any) -> AssetPartitionState:
         success_materialization_id=r.success_materialization_id,
         success_at=_utc(r.success_at),
         updated_at=_utc(r.updated_at) or utcnow(),
+        data_version=r.data_version,
+        code_version=r.code_version,
+        stale_since=_utc(r.stale_since),
     )
 
 
@@ -672,6 +1367,7 @@ def _materialization(r: Any) -> Materialization:
         error_traceback=r.error_traceback,
         retryable=r.retryable,
         tenant=r.tenant_id,
+        data_version=r.data_version,
     )
 
 
@@ -692,6 +1388,29 @@ def _run(r: Any) -> RunRecord:
         finished_at=_utc(r.finished_at),
         heartbeat_at=_utc(r.heartbeat_at),
         step_count=r.step_count,
+        error=r.error,
+        tenant=r.tenant_id,
+        backfill_id=r.backfill_id,
+    )
+
+
+def _backfill(r: Any) -> BackfillRecord:
+    return BackfillRecord(
+        id=r.id,
+        pipeline=r.pipeline,
+        assets=list(r.assets),
+        spec=dict(r.spec),
+        partition_keys=list(r.partition_keys),
+        force=bool(r.force),
+        parallel=r.parallel,
+        status=BackfillStatus(r.status),
+        counts=dict(r.counts),
+        cancel_requested=bool(r.cancel_requested),
+        actor=r.actor,
+        created_at=_utc(r.created_at) or utcnow(),
+        started_at=_utc(r.started_at),
+        finished_at=_utc(r.finished_at),
+        updated_at=_utc(r.updated_at) or utcnow(),
         error=r.error,
         tenant=r.tenant_id,
     )

@@ -40,8 +40,11 @@ runs = sa.Table(
     sa.Column("heartbeat_at", Timestamp),
     sa.Column("step_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
+    # The backfill that launched this run, if any (a backfill runs as one or more runs).
+    sa.Column("backfill_id", sa.String(_ID)),
     sa.Index("ix_flowstone_runs_tenant_created", "tenant_id", "created_at"),
     sa.Index("ix_flowstone_runs_status", "status"),
+    sa.Index("ix_flowstone_runs_backfill", "backfill_id"),
 )
 
 run_steps = sa.Table(
@@ -94,6 +97,8 @@ materializations = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("error_traceback", sa.Text),
     sa.Column("retryable", sa.Boolean),
+    # The version of the stored data: one the asset returned, else the stored value's checksum.
+    sa.Column("data_version", sa.String(128)),
     sa.Index("ix_flowstone_materializations_asset", "tenant_id", "asset", "partition_key", "finished_at"),
     sa.Index("ix_flowstone_materializations_run", "run_id"),
 )
@@ -112,7 +117,25 @@ asset_partitions = sa.Table(
     sa.Column("success_materialization_id", sa.String(_ID)),
     sa.Column("success_at", Timestamp),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # Data and code version of the latest success (NULL until one).
+    sa.Column("data_version", sa.String(128)),
+    sa.Column("code_version", sa.String(255)),
+    # Set when someone invalidates the partition on purpose; the next success clears it.
+    sa.Column("stale_since", Timestamp),
     sa.PrimaryKeyConstraint("tenant_id", "asset", "partition_key", name="pk_flowstone_asset_partitions"),
+    # Status counts and the failed keys of one asset, in key order, come from this index alone.
+    sa.Index("ix_flowstone_asset_partitions_status", "tenant_id", "asset", "last_status", "partition_key"),
+)
+# Partial: only stale rows have an entry, so it costs the run writer nothing until something is
+# invalidated, and counting stale partitions never reads the others.
+_stale = asset_partitions.c.stale_since.is_not(None)
+sa.Index(
+    "ix_flowstone_asset_partitions_stale",
+    asset_partitions.c.tenant_id,
+    asset_partitions.c.asset,
+    asset_partitions.c.last_status,
+    sqlite_where=_stale,
+    postgresql_where=_stale,
 )
 
 lineage = sa.Table(
@@ -128,6 +151,8 @@ lineage = sa.Table(
     sa.Column("upstream_partition_key", sa.String(1024), nullable=False, server_default=""),
     sa.Column("run_id", sa.String(_ID), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    # The upstream materialization's data version when it was consumed.
+    sa.Column("upstream_data_version", sa.String(128)),
     sa.Index("ix_flowstone_lineage_materialization", "materialization_id"),
     sa.Index("ix_flowstone_lineage_upstream", "upstream_materialization_id"),
     sa.Index("ix_flowstone_lineage_upstream_asset", "tenant_id", "upstream_asset", "upstream_partition_key"),
@@ -164,4 +189,47 @@ audit_log = sa.Table(
     sa.Column("details", sa.JSON),
     sa.Index("ix_flowstone_audit_log_resource", "resource_type", "resource_id"),
     sa.Index("ix_flowstone_audit_log_at", "at"),
+)
+
+
+# Keys of dynamic partition definitions, added and removed at run time. ``position`` keeps the
+# order keys were first added in (a key added again keeps its place).
+dynamic_partitions = sa.Table(
+    "flowstone_dynamic_partitions",
+    metadata,
+    _tenant(),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("added_at", Timestamp, nullable=False),
+    sa.Column("added_by", sa.String(255), nullable=False, server_default="system"),
+    sa.PrimaryKeyConstraint("tenant_id", "name", "partition_key", name="pk_flowstone_dynamic_partitions"),
+    sa.Index("ix_flowstone_dynamic_partitions_position", "tenant_id", "name", "position"),
+)
+
+# One backfill: which partitions of which assets were asked for, and how far it got.
+backfills = sa.Table(
+    "flowstone_backfills",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column("pipeline", sa.String(255), nullable=False),
+    sa.Column("assets", sa.JSON, nullable=False),
+    # How the keys were chosen: {"from": .., "to": ..}, {"partitions": [..]} or {"all": true}.
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("partition_keys", sa.JSON, nullable=False),
+    sa.Column("force", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("parallel", sa.Integer, nullable=False, server_default="1"),
+    # requested | running | succeeded | failed | cancelled | abandoned
+    sa.Column("status", sa.String(32), nullable=False),
+    # {"queued": n, "running": n, "succeeded": n, "failed": n, "skipped": n}
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("actor", sa.String(255), nullable=False, server_default="system"),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_flowstone_backfills_tenant_created", "tenant_id", "created_at"),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +35,13 @@ class StepOutcome:
 
     step_id: str
     materialization: Materialization
-    lineage: Sequence[tuple[str, str, str | None]]  # (upstream mat id, upstream asset, key)
+    # (upstream mat id, upstream asset, key[, upstream data version]). Without the version (or
+    # with None) the writer takes it from the upstream materialization's row.
+    lineage: Sequence[LineageLink]
     event: Event
+
+
+LineageLink = tuple[str, str, str | None] | tuple[str, str, str | None, str | None]
 
 
 _MATERIALIZATION_COLUMNS = [c.name for c in t.materializations.columns]
@@ -50,6 +56,7 @@ _LINEAGE_COLUMNS = [
     "upstream_partition_key",
     "run_id",
     "created_at",
+    "upstream_data_version",
 ]
 _PARTITION_COLUMNS = [
     "tenant_id",
@@ -61,11 +68,14 @@ _PARTITION_COLUMNS = [
     "success_materialization_id",
     "success_at",
     "updated_at",
+    "data_version",
+    "code_version",
 ]
 
 
 def _insert(table: sa.Table, columns: Sequence[str]) -> Any:
-    return table.insert().values({c: sa.bindparam(c) for c in columns})
+    # inline: no RETURNING of the generated id (PostgreSQL would send one back per row).
+    return table.insert().inline().values({c: sa.bindparam(c) for c in columns})
 
 
 def _statements(dialect_name: str) -> dict[str, Any]:
@@ -79,9 +89,16 @@ def _statements(dialect_name: str) -> dict[str, Any]:
         from sqlalchemy.dialects import sqlite
 
         upsert = sqlite.insert(t.asset_partitions)
+    ap = t.asset_partitions.c
+    failed = upsert.excluded.success_materialization_id.is_(None)
     upsert = upsert.values({c: sa.bindparam(c) for c in _PARTITION_COLUMNS}).on_conflict_do_update(
         index_elements=["tenant_id", "asset", "partition_key"],
         set_={
+            # A failure keeps the versions of the latest success and any invalidation; a success
+            # replaces the versions and clears the invalidation.
+            "data_version": sa.case((failed, ap.data_version), else_=upsert.excluded.data_version),
+            "code_version": sa.case((failed, ap.code_version), else_=upsert.excluded.code_version),
+            "stale_since": sa.case((failed, ap.stale_since), else_=sa.null()),
             "last_status": upsert.excluded.last_status,
             "last_run_id": upsert.excluded.last_run_id,
             "last_materialization_id": upsert.excluded.last_materialization_id,
@@ -126,7 +143,24 @@ def _statements(dialect_name: str) -> dict[str, Any]:
         .values(heartbeat_at=sa.bindparam("at")),
         "event": _insert(t.events, _EVENT_COLUMNS),
         "materialization": _insert(t.materializations, _MATERIALIZATION_COLUMNS),
-        "lineage": _insert(t.lineage, _LINEAGE_COLUMNS),
+        "lineage": t.lineage.insert()
+        .inline()
+        .values(
+            {
+                **{c: sa.bindparam(c) for c in _LINEAGE_COLUMNS},
+                # The consumed version when the runner did not pass it: the upstream row's own
+                # (COALESCE evaluates the lookup only then).
+                "upstream_data_version": sa.func.coalesce(
+                    sa.bindparam("upstream_data_version", type_=sa.String),
+                    sa.select(t.materializations.c.data_version)
+                    .where(
+                        t.materializations.c.id == sa.bindparam("upstream_materialization_id"),
+                        t.materializations.c.tenant_id == sa.bindparam("tenant_id"),
+                    )
+                    .scalar_subquery(),
+                ),
+            }
+        ),
         "upsert_partition": upsert,
     }
 
@@ -144,17 +178,40 @@ _FLUSH_ORDER = (
 )
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """One statement as driver SQL with positional parameters, and how to pick them from a row."""
+
+    sql: str
+    params: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+def _picker(names: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(names) == 1:
+        name = names[0]
+        return lambda row: (row[name],)
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*names)
+    return getter
+
+
 @cache
-def _compiled(dialect_name: str, paramstyle: str) -> dict[str, str]:
+def _compiled(dialect_name: str) -> dict[str, _Compiled]:
+    # Positional parameters: the drivers bind a tuple several times faster than they look up
+    # each named parameter in a dict, and the writer binds some 70 values per step.
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import psycopg
 
-        dialect: Any = psycopg.dialect(paramstyle=paramstyle)  # type: ignore[no-untyped-call]
+        dialect: Any = psycopg.dialect(paramstyle="format")  # type: ignore[no-untyped-call]
     else:
         from sqlalchemy.dialects.sqlite import pysqlite
 
-        dialect = pysqlite.dialect(paramstyle=paramstyle)
-    return {name: str(stmt.compile(dialect=dialect)) for name, stmt in _statements(dialect_name).items()}
+        dialect = pysqlite.dialect(paramstyle="qmark")
+    compiled: dict[str, _Compiled] = {}
+    for name, stmt in _statements(dialect_name).items():
+        c = stmt.compile(dialect=dialect)
+        assert c.positiontup is not None
+        compiled[name] = _Compiled(str(c), _picker(c.positiontup))
+    return compiled
 
 
 def _utcnow() -> datetime:
@@ -189,8 +246,7 @@ class RunWriter:
     ) -> None:
         self.run_id = run_id
         self.dialect = engine.dialect.name
-        paramstyle = "named" if self.dialect == "sqlite" else "pyformat"
-        self._sql = _compiled(self.dialect, paramstyle)
+        self._sql = _compiled(self.dialect)
         self._when: Callable[[datetime | None], Any] = _sqlite_datetime if self.dialect == "sqlite" else _same
         self._bool: Callable[[bool | None], Any] = (
             (lambda v: None if v is None else int(v)) if self.dialect == "sqlite" else (lambda v: v)
@@ -270,7 +326,8 @@ class RunWriter:
                 for name in sorted(grouped, key=_FLUSH_ORDER.index):
                     rows = grouped[name]
                     if rows:
-                        cursor.executemany(self._sql[name], rows)
+                        statement = self._sql[name]
+                        cursor.executemany(statement.sql, list(map(statement.params, rows)))
                 self._raw.commit()
             except Exception as exc:
                 with contextlib.suppress(Exception):  # the connection may be gone; keep the first error
@@ -332,6 +389,7 @@ class RunWriter:
                     "error_message": mat.error_message,
                     "error_traceback": mat.error_traceback,
                     "retryable": self._bool(mat.retryable),
+                    "data_version": mat.data_version,
                 },
             ),
             (
@@ -342,13 +400,14 @@ class RunWriter:
                         "materialization_id": mat.id,
                         "asset": mat.asset,
                         "partition_key": key,
-                        "upstream_materialization_id": up_id,
-                        "upstream_asset": up_asset,
-                        "upstream_partition_key": up_key or "",
+                        "upstream_materialization_id": link[0],
+                        "upstream_asset": link[1],
+                        "upstream_partition_key": link[2] or "",
                         "run_id": mat.run_id,
                         "created_at": finished,
+                        "upstream_data_version": link[3] if len(link) > 3 else None,
                     }
-                    for up_id, up_asset, up_key in outcome.lineage
+                    for link in outcome.lineage
                 ],
             ),
             (
@@ -376,6 +435,8 @@ class RunWriter:
                     "success_materialization_id": mat.id if success else None,
                     "success_at": finished if success else None,
                     "updated_at": finished,
+                    "data_version": mat.data_version,
+                    "code_version": mat.code_version,
                 },
             ),
             ("event", [self._event(tenant, outcome.event)]),
