@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowstone._assets import AssetDefinition
+from flowstone._errors import ValidationError
 from flowstone._events import EventBus
 from flowstone._lineage import Lineage
 from flowstone._pipeline import BUILTIN_IO_MANAGERS, Pipeline
@@ -21,9 +22,11 @@ from flowstone.io._base import IOManager
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from flowstone._records import RunRecord, StepRecord
+    from flowstone._records import BackfillRecord, RunRecord, StepRecord
+    from flowstone.engine._backfill import BackfillResult
     from flowstone.engine._planner import Plan, Resolve
     from flowstone.engine._result import RunResult
+    from flowstone.engine._status import AssetStatus
     from flowstone.partitions import PartitionsDefinition
     from flowstone.store._store import Store
 
@@ -192,6 +195,172 @@ class FlowStone:
             backfill_id=backfill_id,
         )
         return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
+
+    def backfill(
+        self,
+        selection: str | Iterable[str | AssetDefinition[..., Any]],
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        partitions: Sequence[str] | None = None,
+        all_partitions: bool = False,
+        force: bool = False,
+        parallel: int = 1,
+        actor: str = "api",
+        on_start: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[dict[str, int]], None] | None = None,
+    ) -> BackfillResult:
+        """Materialize many partitions of the selected assets as one tracked backfill.
+
+        Choose the partitions one way: ``start``/``end`` keys (inclusive), ``partitions``, or
+        ``all_partitions=True``. Partitions already materialized and not stale are skipped unless
+        ``force``. ``on_start(total, up_to_date)`` and ``on_progress(counts)`` feed progress bars.
+        """
+        from flowstone.engine._backfill import backfill_keys, run_backfill
+
+        assets = sorted(self.select(selection))
+        keys, spec = backfill_keys(
+            self, assets, start=start, end=end, partitions=partitions, all_partitions=all_partitions
+        )
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        record = self.store.create_backfill(
+            tenant=self.tenant,
+            pipeline=self.pipeline.name,
+            assets=assets,
+            spec=spec,
+            partition_keys=keys,
+            force=force,
+            parallel=parallel,
+            actor=actor,
+        )
+        return run_backfill(
+            self,
+            record,
+            force=force,
+            parallel=parallel,
+            actor=actor,
+            on_start=on_start,
+            on_progress=on_progress,
+        )
+
+    def resume_backfill(
+        self,
+        backfill_id: str,
+        *,
+        parallel: int | None = None,
+        actor: str = "api",
+        on_start: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[dict[str, int]], None] | None = None,
+    ) -> BackfillResult:
+        """Run again whatever a backfill did not finish (its successes are not redone)."""
+        from flowstone.engine._backfill import run_backfill
+
+        record = self.get_backfill(backfill_id)
+        self.store.resume_backfill(tenant=self.tenant, backfill_id=record.id, actor=actor)
+        return run_backfill(
+            self,
+            record,
+            force=False,
+            parallel=parallel or record.parallel,
+            actor=actor,
+            on_start=on_start,
+            on_progress=on_progress,
+        )
+
+    def cancel_backfill(self, backfill_id: str, *, actor: str = "api", reason: str | None = None) -> bool:
+        """Ask a running backfill to stop: queued steps are skipped, running ones finish."""
+        record = self.get_backfill(backfill_id)
+        return self.store.request_cancel(
+            tenant=self.tenant, backfill_id=record.id, actor=actor, reason=reason
+        )
+
+    def get_backfill(self, backfill_id: str) -> BackfillRecord:
+        record = self.store.get_backfill(tenant=self.tenant, backfill_id=backfill_id)
+        if record is None:
+            raise ValidationError(
+                f"no backfill {backfill_id!r} (give its id or a unique prefix of at least 4 characters)",
+                context={"backfill_id": backfill_id},
+            )
+        return record
+
+    # ------------------------------------------------------------------ partitions and health
+    def status(self, asset: str) -> AssetStatus:
+        """Partitions of ``asset``: total, fresh, stale, missing, failed."""
+        from flowstone.engine._status import asset_status
+
+        self.pipeline.get(asset)
+        return asset_status(self, asset)
+
+    def invalidate(
+        self,
+        asset: str,
+        *,
+        partition: str | None = None,
+        all_partitions: bool = False,
+        downstream: bool = False,
+        actor: str = "api",
+        reason: str | None = None,
+    ) -> int:
+        """Mark data stale on purpose; ``downstream=True`` also marks what was built from it.
+        Returns how many partitions were marked."""
+        definition = self.resolver()(asset)
+        self.pipeline.get(asset)
+        if all_partitions:
+            pairs: list[tuple[str, str | None]] = [
+                (asset, s.partition_key) for s in self.store.asset_states(tenant=self.tenant, asset=asset)
+            ]
+        else:
+            if definition is not None and partition is None:
+                raise ValidationError(f"asset '{asset}' is partitioned; give --partition or --all")
+            from flowstone.engine._planner import typed_partition
+
+            typed_partition(definition, asset, partition)
+            pairs = [(asset, None if definition is None else partition)]
+        if downstream:
+            for _asset, key in list(pairs):
+                for entry in self.store.lineage_downstream(
+                    tenant=self.tenant, asset=_asset, partition_key=key
+                ):
+                    pairs.append((entry.asset, entry.partition_key))
+        return self.store.mark_stale(
+            tenant=self.tenant, actor=actor, pairs=list(dict.fromkeys(pairs)), reason=reason
+        )
+
+    def dynamic_partition_names(self) -> set[str]:
+        from flowstone.partitions import DynamicPartitions, MultiPartitions
+
+        names: set[str] = set()
+        for definition in self.pipeline.assets.values():
+            parts = definition.partitioned_by
+            dims = parts.dimensions.values() if isinstance(parts, MultiPartitions) else [parts]
+            names.update(d.name for d in dims if isinstance(d, DynamicPartitions))
+        return names
+
+    def _dynamic_name(self, name: str) -> str:
+        known = self.dynamic_partition_names()
+        if name not in known:
+            import difflib
+
+            guesses = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean '{guesses[0]}'?" if guesses else ""
+            raise ValidationError(
+                f"no dynamic partitions named {name!r} in pipeline '{self.pipeline.name}'{hint}",
+                context={"name": name, "known": sorted(known)},
+            )
+        return name
+
+    def add_partitions(self, name: str, keys: Sequence[str], *, actor: str = "api") -> list[str]:
+        """Add keys to the dynamic partitions ``name``; returns those that were new."""
+        return self.store.add_dynamic_partitions(
+            tenant=self.tenant, name=self._dynamic_name(name), keys=keys, actor=actor
+        )
+
+    def remove_partitions(self, name: str, keys: Sequence[str], *, actor: str = "api") -> list[str]:
+        """Remove keys from the dynamic partitions ``name`` (stored values are left alone)."""
+        return self.store.remove_dynamic_partitions(
+            tenant=self.tenant, name=self._dynamic_name(name), keys=keys, actor=actor
+        )
 
     def recover(self, *, stale_after: timedelta | None = None) -> list[str]:
         """Mark runs whose process died as abandoned (done automatically before the first run)."""

@@ -36,11 +36,16 @@ class Output:
         return flowstone.Output(report, metadata={"rows": len(report)})
     """
 
-    __slots__ = ("metadata", "value")
+    __slots__ = ("data_version", "metadata", "value")
 
-    def __init__(self, value: Any, *, metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, value: Any, *, metadata: Mapping[str, Any] | None = None, data_version: str | None = None
+    ) -> None:
         self.value = value
         self.metadata: dict[str, Any] = dict(metadata or {})
+        # Identifies the data: equal versions mean downstream need not recompute. Defaults to the
+        # stored value's checksum (or, without one, to the materialization itself).
+        self.data_version = data_version
 
     def __repr__(self) -> str:
         return f"Output({self.value!r}, metadata={self.metadata!r})"

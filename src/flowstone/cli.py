@@ -30,7 +30,7 @@ from rich.table import Table
 
 from flowstone._config import Settings, load_settings
 from flowstone._durations import parse_duration
-from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid
+from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid, ValidationError
 from flowstone._events import STEP_FAILED, STEP_SKIPPED, STEP_STARTED, STEP_SUCCEEDED, Event
 from flowstone._pipeline import Pipeline, load_pipeline
 
@@ -181,7 +181,9 @@ def check(state: _State, target: str | None) -> None:
 @main.command()
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--partition", help="Partition key to materialize.")
+@click.option("--partitions", "partition_list", help="Several partition keys, comma-separated.")
 @click.option("--force", is_flag=True, help="Re-run selected assets even if already materialized.")
+@click.option("--stale", is_flag=True, help="Also re-run what is stale (changed code or upstream data).")
 @click.option(
     "--parallel",
     default=1,
@@ -191,12 +193,19 @@ def check(state: _State, target: str | None) -> None:
 )
 @_pass_state
 def materialize(
-    state: _State, selection: tuple[str, ...], partition: str | None, force: bool, parallel: int
+    state: _State,
+    selection: tuple[str, ...],
+    partition: str | None,
+    partition_list: str | None,
+    force: bool,
+    stale: bool,
+    parallel: int,
 ) -> None:
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
     out = _console()
-    plan = app.plan(list(selection), partition=partition, force=force)
+    keys = _split_keys(partition_list)
+    plan = app.plan(list(selection), partition=partition, partitions=keys, force=force, stale=stale)
     if not plan.steps:
         out.print(
             f"nothing to do: {', '.join(a for a, _ in plan.up_to_date)} already materialized "
@@ -235,6 +244,15 @@ def materialize(
             if step.error is not None and state.verbose:
                 _console(stderr=True).print(step.error.developer_message, markup=False)
         sys.exit(1)
+
+
+def _split_keys(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise ValidationError("--partitions needs at least one key")
+    return keys
 
 
 def _when(value: datetime | None) -> str:
@@ -440,6 +458,288 @@ def _lineage_command(direction: str) -> Callable[..., Any]:
 
 for _direction in ("upstream", "downstream", "impact"):
     lineage.command(_direction)(_lineage_command(_direction))
+
+
+class _BackfillGroup(click.Group):
+    """``flowstone backfill ASSET... --from K1 --to K2`` starts one; ``status|cancel|resume|list``
+    act on existing ones: a first word that is not a subcommand is an asset."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BackfillGroup)
+def backfill() -> None:
+    """Materialize many partitions: backfill ASSET... --from K1 --to K2 | --partitions k1,k2 | --all."""
+
+
+def _show_backfill(record: Any) -> None:
+    out = _console()
+    counts = record.counts
+    out.print(
+        f"backfill {record.id} {_status(record.status.value)}: "
+        + ", ".join(
+            f"{k} {counts.get(k, 0)}" for k in ("succeeded", "failed", "skipped", "queued", "running")
+        )
+        + f" of {counts.get('total', len(record.partition_keys))}"
+        + (f" ({counts['up_to_date']} already up to date)" if counts.get("up_to_date") else "")
+    )
+    out.print(
+        f"assets: {' '.join(record.assets)}   partitions: {len(record.partition_keys)}   "
+        f"by {record.actor}   started {_when(record.started_at)}   finished {_when(record.finished_at)}",
+        markup=False,
+    )
+    if record.cancel_requested and not record.status.finished:
+        out.print("cancel requested: queued steps will not start")
+
+
+def _run_backfill_with_bar(state: _State, start: Callable[..., Any]) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = _console()
+    with Progress(
+        TextColumn("backfill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed[/red]"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("backfill", total=None, failed=0, rate="")
+        began = [0.0]
+
+        def on_start(total: int, up_to_date: int) -> None:
+            import time
+
+            began[0] = time.monotonic()
+            bar.update(task, total=total, completed=up_to_date)
+
+        def on_progress(counts: dict[str, int]) -> None:
+            import time
+
+            done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
+            elapsed = max(time.monotonic() - began[0], 1e-6)
+            worked = done - counts.get("up_to_date", 0)
+            bar.update(task, completed=done, failed=counts.get("failed", 0), rate=f"{worked / elapsed:.1f}/s")
+
+        result = start(on_start=on_start, on_progress=on_progress, actor=f"user:{getpass.getuser()}")
+    _show_backfill(result.backfill)
+    if result.status.value != "succeeded":
+        sys.exit(1)
+
+
+@backfill.command("start", hidden=True)
+@click.argument("selection", nargs=-1, required=True)
+@click.option("--from", "start", help="First partition key (inclusive).")
+@click.option("--to", "end", help="Last partition key (inclusive).")
+@click.option("--partitions", "partition_list", help="Partition keys, comma-separated.")
+@click.option("--all", "all_partitions", is_flag=True, help="Every partition of the selected assets.")
+@click.option("--force", is_flag=True, help="Re-run partitions that are already materialized and fresh.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 256))
+@_pass_state
+def backfill_start(
+    state: _State,
+    selection: tuple[str, ...],
+    start: str | None,
+    end: str | None,
+    partition_list: str | None,
+    all_partitions: bool,
+    force: bool,
+    parallel: int,
+) -> None:
+    app = state.app()
+    keys = _split_keys(partition_list)
+
+    def go(**kwargs: Any) -> Any:
+        return app.backfill(
+            list(selection),
+            start=start,
+            end=end,
+            partitions=keys,
+            all_partitions=all_partitions,
+            force=force,
+            parallel=parallel,
+            **kwargs,
+        )
+
+    _run_backfill_with_bar(state, go)
+
+
+@backfill.command("status")
+@click.argument("backfill_id")
+@_pass_state
+def backfill_status(state: _State, backfill_id: str) -> None:
+    """Counts and state of one backfill."""
+    _show_backfill(state.app().get_backfill(backfill_id))
+
+
+@backfill.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@_pass_state
+def backfill_list(state: _State, limit: int) -> None:
+    """Recent backfills, newest first."""
+    app = state.app()
+    table = Table(title="backfills")
+    for col in (
+        "backfill",
+        "status",
+        "assets",
+        "partitions",
+        "succeeded",
+        "failed",
+        "skipped",
+        "started",
+        "by",
+    ):
+        table.add_column(col)
+    for record in app.store.list_backfills(tenant=app.tenant, limit=limit):
+        c = record.counts
+        table.add_row(
+            record.id[:12],
+            _status(record.status.value),
+            escape(" ".join(record.assets)),
+            str(len(record.partition_keys)),
+            str(c.get("succeeded", 0)),
+            str(c.get("failed", 0)),
+            str(c.get("skipped", 0)),
+            _when(record.started_at),
+            escape(record.actor),
+        )
+    _console().print(table)
+
+
+@backfill.command("cancel")
+@click.argument("backfill_id")
+@click.option("--reason", help="Why (kept in the audit log).")
+@_pass_state
+def backfill_cancel(state: _State, backfill_id: str, reason: str | None) -> None:
+    """Stop a running backfill: queued steps are skipped, running ones finish."""
+    app = state.app()
+    asked = app.cancel_backfill(backfill_id, actor=f"user:{getpass.getuser()}", reason=reason)
+    record = app.get_backfill(backfill_id)
+    _console().print(
+        f"backfill {record.id}: cancel requested"
+        if asked
+        else f"backfill {record.id} is already {record.status}"
+    )
+
+
+@backfill.command("resume")
+@click.argument("backfill_id")
+@click.option("--parallel", type=click.IntRange(1, 256), help="Override the backfill's parallelism.")
+@_pass_state
+def backfill_resume(state: _State, backfill_id: str, parallel: int | None) -> None:
+    """Run again whatever a backfill did not finish."""
+    app = state.app()
+    _run_backfill_with_bar(state, lambda **kw: app.resume_backfill(backfill_id, parallel=parallel, **kw))
+
+
+@main.command()
+@click.argument("selection", nargs=-1)
+@click.option("--failed", "show_failed", is_flag=True, help="List failed partitions.")
+@_pass_state
+def status(state: _State, selection: tuple[str, ...], show_failed: bool) -> None:
+    """Per asset: partitions fresh, stale, missing and failed."""
+    app = state.app()
+    names = app.select(list(selection)) if selection else set(app.pipeline.assets)
+    table = Table(title="status")
+    for col in ("asset", "partitions", "fresh", "stale", "missing", "failed"):
+        table.add_column(col)
+    for name in app.pipeline.graph.topological_order():
+        if name not in names:
+            continue
+        row = app.status(name)
+        table.add_row(
+            name,
+            str(row.total),
+            f"[green]{row.fresh}[/green]",
+            f"[yellow]{row.stale}[/yellow]",
+            str(row.missing),
+            f"[red]{row.failed}[/red]" if row.failed else "0",
+        )
+    _console().print(table)
+    if show_failed:
+        for name in sorted(names):
+            for key in app.store.partition_status(tenant=app.tenant, asset=name, page_size=1000).failed_keys:
+                _console().print(f"failed: {name} {key or '-'}", markup=False)
+
+
+@main.command()
+@click.argument("asset")
+@click.option("--partition", help="Partition key to invalidate.")
+@click.option("--all", "all_partitions", is_flag=True, help="Every partition of the asset.")
+@click.option("--downstream", is_flag=True, help="Also everything built from it.")
+@click.option("--reason", help="Why (kept in the audit log).")
+@_pass_state
+def invalidate(
+    state: _State,
+    asset: str,
+    partition: str | None,
+    all_partitions: bool,
+    downstream: bool,
+    reason: str | None,
+) -> None:
+    """Mark data stale on purpose, so materialize --stale and backfill recompute it."""
+    app = state.app()
+    count = app.invalidate(
+        asset,
+        partition=partition,
+        all_partitions=all_partitions,
+        downstream=downstream,
+        actor=f"user:{getpass.getuser()}",
+        reason=reason,
+    )
+    _console().print(f"{count} partition(s) marked stale")
+
+
+@main.group()
+def partitions() -> None:
+    """Dynamic partitions: add, remove and list keys."""
+
+
+@partitions.command("add")
+@click.argument("name")
+@click.argument("keys", nargs=-1, required=True)
+@_pass_state
+def partitions_add(state: _State, name: str, keys: tuple[str, ...]) -> None:
+    """Add KEYS to the dynamic partitions NAME."""
+    app = state.app()
+    added = app.add_partitions(name, list(keys), actor=f"user:{getpass.getuser()}")
+    _console().print(f"{len(added)} key(s) added to '{name}'", markup=False)
+
+
+@partitions.command("remove")
+@click.argument("name")
+@click.argument("keys", nargs=-1, required=True)
+@_pass_state
+def partitions_remove(state: _State, name: str, keys: tuple[str, ...]) -> None:
+    """Remove KEYS from the dynamic partitions NAME (stored data is left alone)."""
+    app = state.app()
+    removed = app.remove_partitions(name, list(keys), actor=f"user:{getpass.getuser()}")
+    _console().print(f"{len(removed)} key(s) removed from '{name}'", markup=False)
+
+
+@partitions.command("list")
+@click.argument("name")
+@_pass_state
+def partitions_list(state: _State, name: str) -> None:
+    """The keys of the dynamic partitions NAME, in the order they were added."""
+    app = state.app()
+    for key in app.store.dynamic_partition_keys(tenant=app.tenant, name=name):
+        _console().print(key, markup=False)
 
 
 @main.command()

@@ -127,6 +127,7 @@ class _Computed:
     value: Any = None
     stored: StoredValue | None = None
     metadata: dict[str, Any] | None = None
+    data_version: str | None = None
     error: FlowStoneError | None = None
     traceback: str | None = None
 
@@ -214,8 +215,10 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
         stage = "execute"
         result = _call_with_timeout(lambda: asset.fn(context, **kwargs), asset.timeout, asset.name)
         metadata: dict[str, Any] = {}
+        data_version = None
         if isinstance(result, Output):
             metadata = {str(k): _json_safe(v) for k, v in result.metadata.items()}
+            data_version = None if result.data_version is None else str(result.data_version)
             result = result.value
         stage = "store"
         manager = env.io_managers[env.io_manager_name(asset)]
@@ -230,7 +233,12 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
                 original=exc,
             ) from exc
         return _Computed(
-            started_at, (time.perf_counter() - t0) * 1000, value=result, stored=stored, metadata=metadata
+            started_at,
+            (time.perf_counter() - t0) * 1000,
+            value=result,
+            stored=stored,
+            metadata=metadata,
+            data_version=data_version,
         )
     except FlowStoneError as err:
         err.context.setdefault("asset", asset.name)
@@ -267,6 +275,7 @@ class _Run:
             s.key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for s in plan.steps
         }
         self.mat_ids: dict[StepKey, str] = dict(plan.existing)
+        self.data_versions: dict[StepKey, str | None] = {}
         self.children: dict[StepKey, list[StepKey]] = {s.key: [] for s in plan.steps}
         self.waiting: dict[StepKey, int] = {}
         for s in plan.steps:
@@ -407,8 +416,13 @@ class _Run:
         asset = self.env.pipeline.assets[key[0]]
         stored = computed.stored
         error = computed.error
+        mat_id = new_id()
+        data_version = None
+        if status == "success":
+            data_version = computed.data_version or (stored.checksum if stored else None) or mat_id
         return Materialization(
-            id=new_id(),
+            id=mat_id,
+            data_version=data_version,
             run_id=self.run_id,
             asset=key[0],
             partition_key=key[1],
@@ -434,7 +448,12 @@ class _Run:
     def _record(self, key: StepKey, computed: _Computed, event: Event) -> Materialization:
         ok = computed.error is None
         mat = self._materialization(key, computed, "success" if ok else "failed")
-        lineage = [(self.mat_ids[i], i[0], i[1]) for i in self.steps[key].inputs if i in self.mat_ids]
+        # In-run upstreams pass their data version; for older ones the writer looks it up.
+        lineage = [
+            (self.mat_ids[i], i[0], i[1], self.data_versions.get(i))
+            for i in self.steps[key].inputs
+            if i in self.mat_ids
+        ]
         self._writer.finish_step(
             tenant=self.env.tenant,
             outcome=StepOutcome(self.step_ids[key], mat, lineage if ok else (), event),
@@ -448,7 +467,9 @@ class _Run:
 
     def _succeeded(self, key: StepKey, computed: _Computed) -> None:
         event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
-        self.mat_ids[key] = self._record(key, computed, event).id
+        mat = self._record(key, computed, event)
+        self.mat_ids[key] = mat.id
+        self.data_versions[key] = mat.data_version
         self.results[key]._value = computed.value if self.keep_values else _NOT_KEPT
 
     def _failed(self, key: StepKey, computed: _Computed) -> None:

@@ -739,6 +739,58 @@ class Store:
             page_size=page_size,
         )
 
+    def version_stale_keys(self, *, tenant: str, asset: str, code_version: str | None) -> set[str | None]:
+        """Successful partitions of ``asset`` stale by their own record: invalidated, built by
+        other code, or built from an upstream version that is no longer the upstream's latest.
+        (Staleness inherited from a stale upstream is the engine's to add.)"""
+        ap = t.asset_partitions.c
+        up = t.asset_partitions.alias("up")
+        lin = t.lineage.c
+        mine = (ap.tenant_id == tenant, ap.asset == asset, ap.last_status == "success")
+        own = sa.select(ap.partition_key).where(
+            *mine,
+            sa.or_(ap.stale_since.is_not(None), ap.code_version.is_distinct_from(code_version)),
+        )
+        upstream_moved = (
+            sa.select(ap.partition_key)
+            .join(t.lineage, lin.materialization_id == ap.success_materialization_id)
+            .join(
+                up,
+                sa.and_(
+                    up.c.tenant_id == lin.tenant_id,
+                    up.c.asset == lin.upstream_asset,
+                    up.c.partition_key == lin.upstream_partition_key,
+                ),
+            )
+            .where(*mine, up.c.data_version.is_distinct_from(lin.upstream_data_version))
+        )
+        with self.engine.connect() as conn:
+            keys = set(conn.execute(own).scalars()) | set(conn.execute(upstream_moved).scalars())
+        return {_key_out(k) for k in keys}
+
+    def keys_consuming(
+        self, *, tenant: str, asset: str, upstream_asset: str, upstream_keys: Iterable[str | None]
+    ) -> set[str | None]:
+        """Partitions of ``asset`` whose latest success consumed one of these upstream partitions."""
+        ap = t.asset_partitions.c
+        lin = t.lineage.c
+        found: set[str | None] = set()
+        with self.engine.connect() as conn:
+            for chunk in _batches(upstream_keys):
+                query = (
+                    sa.select(ap.partition_key)
+                    .join(t.lineage, lin.materialization_id == ap.success_materialization_id)
+                    .where(
+                        ap.tenant_id == tenant,
+                        ap.asset == asset,
+                        lin.upstream_asset == upstream_asset,
+                        lin.upstream_partition_key.in_([_key_in(k) for k in chunk]),
+                    )
+                    .distinct()
+                )
+                found.update(_key_out(k) for k in conn.execute(query).scalars())
+        return found
+
     def missing_keys(
         self,
         *,

@@ -1,0 +1,208 @@
+"""Backfills: materialize many partitions of the selected assets as one tracked, cancellable job.
+
+    app.backfill(["daily_report"], start="2025-01-01", end="2025-03-31", parallel=4)
+    app.backfill(["daily_report"], partitions=["2025-01-15", "2025-01-16"])
+    app.backfill(["daily_report"], all=True, force=True)
+
+The keys are planned into one run: each partition is its own step (and its own materialization),
+a downstream partition starts as soon as the upstream partitions it reads are done, and one failed
+partition never touches the others. The backfill record in the store keeps the requested keys and
+live counts; ``cancel`` asks the running process to stop starting steps (running ones finish);
+``resume`` runs again whatever did not succeed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flowstone._errors import ValidationError
+from flowstone._events import (
+    RUN_FINISHED,
+    STEP_FAILED,
+    STEP_SKIPPED,
+    STEP_STARTED,
+    STEP_SUCCEEDED,
+    Event,
+)
+from flowstone._records import BackfillRecord, BackfillStatus, RunStatus
+from flowstone.engine._result import RunResult
+
+if TYPE_CHECKING:
+    from flowstone._app import FlowStone
+
+COUNT_WRITE_EVERY_S = 1.0
+
+
+@dataclass
+class BackfillResult:
+    backfill: BackfillRecord
+    run: RunResult | None
+
+    @property
+    def id(self) -> str:
+        return self.backfill.id
+
+    @property
+    def status(self) -> BackfillStatus:
+        return self.backfill.status
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.backfill.counts
+
+
+def backfill_keys(
+    app: FlowStone,
+    assets: Iterable[str],
+    *,
+    start: str | None,
+    end: str | None,
+    partitions: Sequence[str] | None,
+    all_partitions: bool,
+) -> tuple[list[str], dict[str, Any]]:
+    """The requested keys (in definition order, no duplicates) and how they were chosen."""
+    chosen = sum(x for x in (partitions is not None, all_partitions, start is not None or end is not None))
+    if chosen != 1:
+        raise ValidationError("choose the partitions one way: start/end (--from/--to), partitions, or all")
+    resolve = app.resolver()
+    definitions = [(a, d) for a in sorted(assets) if (d := resolve(a)) is not None]
+    if not definitions:
+        raise ValidationError(f"none of {sorted(assets)} is partitioned: nothing to backfill")
+    if partitions is not None:
+        keys = list(dict.fromkeys(partitions))
+        for asset, definition in definitions:
+            bad = [k for k in keys if k not in definition]
+            if bad and len(definitions) == 1:
+                raise ValidationError(
+                    f"partition {bad[0]!r} is not valid for asset '{asset}'",
+                    context={"asset": asset, "partition": bad[0]},
+                )
+        return keys, {"partitions": len(keys)}
+    seen: dict[str, None] = {}
+    for asset, definition in definitions:
+        if all_partitions:
+            seen.update(dict.fromkeys(definition.keys()))
+            continue
+        for bound, name in ((start, "from"), (end, "to")):
+            if bound is not None and bound not in definition:
+                raise ValidationError(
+                    f"--{name} {bound!r} is not a partition of asset '{asset}'",
+                    context={"asset": asset, "partition": bound},
+                )
+        seen.update(dict.fromkeys(definition.keys(start, end)))
+    keys = list(seen)
+    if not keys:
+        raise ValidationError(f"no partitions between {start!r} and {end!r}")
+    return keys, ({"all": True} if all_partitions else {"from": start, "to": end})
+
+
+class _Progress:
+    """Counts step outcomes of the targets of a backfill as they happen."""
+
+    def __init__(
+        self,
+        app: FlowStone,
+        record: BackfillRecord,
+        targets: set[tuple[str, str | None]],
+        on_progress: Callable[[dict[str, int]], None] | None,
+    ) -> None:
+        self.app = app
+        self.record = record
+        self.targets = targets
+        self.on_progress = on_progress
+        self.counts = dict(record.counts)
+        self.last_write = time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        key = (event.asset or "", event.partition_key)
+        if event.type == RUN_FINISHED:
+            return
+        if key not in self.targets:
+            return
+        moves = {
+            STEP_STARTED: ("queued", "running"),
+            STEP_SUCCEEDED: ("running", "succeeded"),
+            STEP_FAILED: ("running", "failed"),
+            STEP_SKIPPED: ("queued", "skipped"),
+        }
+        if event.type not in moves:
+            return
+        source, target = moves[event.type]
+        if event.type == STEP_FAILED and self.counts.get("running", 0) == 0:
+            source = "queued"  # a step that could not start (a missing upstream partition)
+        self.counts[source] = max(0, self.counts.get(source, 0) - 1)
+        self.counts[target] = self.counts.get(target, 0) + 1
+        if self.on_progress is not None:
+            self.on_progress(dict(self.counts))
+        now = time.monotonic()
+        if now - self.last_write >= COUNT_WRITE_EVERY_S:
+            self.last_write = now
+            self.app.store.update_backfill_counts(
+                tenant=self.app.tenant, backfill_id=self.record.id, counts=self.counts
+            )
+
+
+def run_backfill(
+    app: FlowStone,
+    record: BackfillRecord,
+    *,
+    force: bool,
+    parallel: int,
+    actor: str,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+) -> BackfillResult:
+    """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
+    store, tenant = app.store, app.tenant
+    plan = app.plan(record.assets, partitions=record.partition_keys, force=force)
+    targets = {s.key for s in plan.steps if s.asset in record.assets}
+    counts = {
+        "total": len(targets) + len(plan.up_to_date),
+        "queued": len(targets),
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": len(plan.up_to_date),
+        "up_to_date": len(plan.up_to_date),
+    }
+    store.update_backfill_counts(
+        tenant=tenant, backfill_id=record.id, counts=counts, status=BackfillStatus.RUNNING
+    )
+    record = store.get_backfill(tenant=tenant, backfill_id=record.id) or record
+    if on_start is not None:
+        on_start(counts["total"], counts["up_to_date"])
+    progress = _Progress(app, record, targets, on_progress)
+    unsubscribe = app.events.subscribe(progress)
+    run: RunResult | None = None
+    try:
+        run = app.execute(
+            plan,
+            parallel=parallel,
+            actor=actor,
+            backfill_id=record.id,
+            cancelled=lambda: store.cancel_requested(tenant=tenant, backfill_id=record.id),
+        )
+    except BaseException as exc:
+        store.finish_backfill(
+            tenant=tenant,
+            backfill_id=record.id,
+            status=BackfillStatus.ABANDONED,
+            counts=progress.counts,
+            error=f"interrupted: {type(exc).__name__}",
+        )
+        raise
+    finally:
+        unsubscribe()
+    if run.status is RunStatus.CANCELLED:
+        status = BackfillStatus.CANCELLED
+    elif progress.counts.get("failed", 0) or run.status is RunStatus.FAILED:
+        status = BackfillStatus.FAILED
+    else:
+        status = BackfillStatus.SUCCEEDED
+    store.finish_backfill(tenant=tenant, backfill_id=record.id, status=status, counts=progress.counts)
+    final = store.get_backfill(tenant=tenant, backfill_id=record.id)
+    assert final is not None
+    return BackfillResult(final, run)
