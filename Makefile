@@ -43,6 +43,8 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python benchmarks/chain.py 1000
 	$(BIN)/python benchmarks/wide.py 1000
 	$(BIN)/python benchmarks/defload.py 10000
+	$(BIN)/python benchmarks/partitions.py 365
+	$(BIN)/python benchmarks/partition_scale.py
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART)/.flowstone .pytest_cache .mypy_cache .ruff_cache

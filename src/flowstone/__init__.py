@@ -34,16 +34,31 @@ from flowstone._errors import (
 )
 from flowstone._events import Event
 from flowstone._graph import AssetGraph
+from flowstone._mappings import (
+    AllPartitionsMapping,
+    DimensionMapping,
+    IdentityMapping,
+    In,
+    PartitionMapping,
+    Rollup,
+    StaticMapping,
+    TimeWindowMapping,
+)
 from flowstone._pipeline import Pipeline, load_pipeline
 from flowstone._records import (
+    BackfillRecord,
+    BackfillStatus,
     LineageEntry,
     Materialization,
+    PartitionStatus,
     RunRecord,
     RunStatus,
     StepRecord,
     StepStatus,
 )
+from flowstone.engine._backfill import BackfillResult
 from flowstone.engine._result import RunResult, StepResult
+from flowstone.engine._status import AssetStatus
 from flowstone.io import FilesystemIOManager, IOContext, IOManager, MemoryIOManager, StoredValue
 from flowstone.partitions import (
     DailyPartitions,
@@ -64,9 +79,14 @@ from flowstone.partitions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllPartitionsMapping",
     "AssetDefinition",
     "AssetGraph",
     "AssetNotFound",
+    "AssetStatus",
+    "BackfillRecord",
+    "BackfillResult",
+    "BackfillStatus",
     "CheckpointRejected",
     "ConfigurationError",
     "Context",
@@ -74,6 +94,7 @@ __all__ = [
     "DefinitionError",
     "DependencyFailed",
     "DependencyNotReady",
+    "DimensionMapping",
     "DynamicPartitions",
     "Event",
     "ExecutionError",
@@ -85,6 +106,8 @@ __all__ = [
     "IOContext",
     "IOManager",
     "IOManagerError",
+    "IdentityMapping",
+    "In",
     "LineageEntry",
     "Materialization",
     "MemoryIOManager",
@@ -93,14 +116,18 @@ __all__ = [
     "MultiPartitionKey",
     "MultiPartitions",
     "Output",
+    "PartitionMapping",
+    "PartitionStatus",
     "PartitionsDefinition",
     "Pipeline",
     "PipelineInvalid",
     "Problem",
     "ResourceUnavailable",
+    "Rollup",
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "StaticMapping",
     "StaticPartitions",
     "StepRecord",
     "StepResult",
@@ -109,6 +136,7 @@ __all__ = [
     "StoreError",
     "StoredValue",
     "TimeWindow",
+    "TimeWindowMapping",
     "TimeWindowPartitions",
     "ValidationError",
     "ValueNotFound",

@@ -157,7 +157,8 @@ def run_backfill(
 ) -> BackfillResult:
     """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
     store, tenant = app.store, app.tenant
-    plan = app.plan(record.assets, partitions=record.partition_keys, force=force)
+    # Without force: exactly the missing and the stale partitions (and what they need).
+    plan = app.plan(record.assets, partitions=record.partition_keys, force=force, stale=not force)
     targets = {s.key for s in plan.steps if s.asset in record.assets}
     counts = {
         "total": len(targets) + len(plan.up_to_date),
