@@ -304,8 +304,8 @@ class FlowStone:
     ) -> int:
         """Mark data stale on purpose; ``downstream=True`` also marks what was built from it.
         Returns how many partitions were marked."""
+        self.pipeline.get(asset)  # unknown names: AssetNotFound with a suggestion
         definition = self.resolver()(asset)
-        self.pipeline.get(asset)
         if all_partitions:
             pairs: list[tuple[str, str | None]] = [
                 (asset, s.partition_key) for s in self.store.asset_states(tenant=self.tenant, asset=asset)

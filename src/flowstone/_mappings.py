@@ -16,10 +16,16 @@ import abc
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal, NamedTuple
 
-from flowstone.partitions import MultiPartitions, PartitionsDefinition, TimeWindowPartitions
+from flowstone.partitions import (
+    DynamicPartitions,
+    MultiPartitions,
+    PartitionsDefinition,
+    TimeWindowPartitions,
+)
+from flowstone.partitions._schedules import to_us
 
 Missing = Literal["fail", "skip", "wait"]
 Definition = PartitionsDefinition | None
@@ -138,7 +144,10 @@ class StaticMapping(PartitionMapping):
         self._many = any(not isinstance(v, str) for v in table.values())
 
     def upstream_keys(self, downstream: Definition, key: str | None, upstream: Definition) -> MappedKeys:
-        return MappedKeys(list(self.table.get(key or "", [])))
+        ups = self.table.get(key or "")
+        if ups is None:  # never silently nothing: the In's missing= policy decides
+            return MappedKeys([], [f"for {key!r} (the static mapping has no entry for it)"])
+        return MappedKeys(list(ups))
 
     def many(self, downstream: Definition, upstream: Definition) -> bool:
         return self._many
@@ -146,14 +155,18 @@ class StaticMapping(PartitionMapping):
     def problem(self, downstream: Definition, upstream: Definition) -> str | None:
         if downstream is None or upstream is None:
             return "a static mapping needs both assets partitioned"
-        unknown_down = [k for k in self.table if k not in downstream]
-        if unknown_down:
-            return (
-                f"static mapping names downstream keys {unknown_down[:5]} that {downstream!r} does not have"
-            )
-        unknown_up = sorted({u for ups in self.table.values() for u in ups if u not in upstream})
-        if unknown_up:
-            return f"static mapping names upstream keys {unknown_up[:5]} that {upstream!r} does not have"
+        # Dynamic keys are only known at run time: those sides are checked per run (as missing).
+        if not _has_dynamic(downstream):
+            unknown_down = [k for k in self.table if k not in downstream]
+            if unknown_down:
+                return (
+                    f"static mapping names downstream keys {unknown_down[:5]} that {downstream!r} "
+                    "does not have"
+                )
+        if not _has_dynamic(upstream):
+            unknown_up = sorted({u for ups in self.table.values() for u in ups if u not in upstream})
+            if unknown_up:
+                return f"static mapping names upstream keys {unknown_up[:5]} that {upstream!r} does not have"
         return None
 
     def __repr__(self) -> str:
@@ -288,6 +301,13 @@ def default_mapping(downstream: Definition, upstream: Definition) -> PartitionMa
     return None
 
 
+def _has_dynamic(definition: PartitionsDefinition) -> bool:
+    """Whether some of the keys of ``definition`` are dynamic (added at run time)."""
+    if isinstance(definition, MultiPartitions):
+        return any(_has_dynamic(d) for d in definition.dimensions.values())
+    return isinstance(definition, DynamicPartitions)
+
+
 def _same_cadence(downstream: Definition, upstream: Definition) -> bool:
     if not isinstance(downstream, TimeWindowPartitions) or not isinstance(upstream, TimeWindowPartitions):
         return False
@@ -296,17 +316,14 @@ def _same_cadence(downstream: Definition, upstream: Definition) -> bool:
 
 def _covering_indexes(upstream: TimeWindowPartitions, start: datetime, end: datetime) -> tuple[int, int]:
     """Indexes of the first and last upstream windows overlapping [start, end), counted from the
-    upstream's first window even where they fall before it (negative) or past its end."""
-    keys = upstream.keys_between(start, end)
-    first_key = next(keys, None)
-    if first_key is not None:
-        last_key = first_key
-        for last_key in keys:  # noqa: B007 - only the last one is wanted
-            pass
-        return upstream.index_of(first_key), upstream.index_of(last_key)
-    # Entirely outside the upstream's range: count whole windows from its first one.
-    first_window = upstream.window(upstream.key_at(0))
-    length = first_window.end - first_window.start
-    first = (start - first_window.start) // length
-    last = (end - first_window.start - timedelta(microseconds=1)) // length
-    return int(first), int(last)
+    upstream's first window even where they fall before it (negative) or past its last one.
+
+    Not clipped to the upstream's range: a month rolled up from days that start mid-month must
+    see the days before the first one as missing, not silently read half a month. The upstream's
+    schedule numbers windows before its start and after its end too (an irregular cron numbers
+    everything before its start -1, which still counts as missing).
+    """
+    schedule, first_window = upstream._sched, upstream._first
+    first = schedule.floor(to_us(start)) - first_window
+    last = schedule.floor(to_us(end) - 1) - first_window
+    return first, last

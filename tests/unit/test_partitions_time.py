@@ -155,6 +155,18 @@ def test_daily_with_an_hour_offset_in_a_spring_gap() -> None:
     assert days.to_value("2025-03-30") == date(2025, 3, 30)
 
 
+def test_a_local_day_that_does_not_exist_keeps_its_key_with_an_empty_window() -> None:
+    # Samoa moved across the date line: 2011-12-30 never happened in Pacific/Apia.
+    days = fs.DailyPartitions(start="2011-12-28", end="2012-01-02", timezone="Pacific/Apia")
+    keys = list(days.keys())
+    assert keys == ["2011-12-28", "2011-12-29", "2011-12-30", "2011-12-31", "2012-01-01"]
+    assert [days.index_of(k) for k in keys] == list(range(5))
+    assert all(days.to_key(days.to_value(k)) == k for k in keys)
+    assert days.window("2011-12-30").duration == timedelta(0)
+    assert days.window("2011-12-29").duration == timedelta(hours=24)
+    assert days.key_for_time(days.window("2011-12-31").start) == "2011-12-31"
+
+
 def test_weekly_and_monthly_partitions() -> None:
     weeks = fs.WeeklyPartitions(start="2025-01-01", end="2025-02-01")
     assert list(weeks.keys()) == ["2025-01-06", "2025-01-13", "2025-01-20"]  # ISO weeks, Monday first
@@ -237,6 +249,9 @@ def test_custom_formats_round_trip_and_never_guess() -> None:
     assert days.to_key(date(2025, 1, 15)) == "20250115"
     for wrong in ["2025-01-15", "2025115", "20250132", " 20250115"]:
         assert wrong not in days
+    months = fs.MonthlyPartitions(start="2025-01-01", end="2026-01-01", fmt="%Y-%m")
+    assert months.key_at(0) == "2025-01" and months.to_value("2025-12") == date(2025, 12, 1)
+    assert "2025-1" not in months and "2025-01-01" not in months
     hours = fs.HourlyPartitions(
         start="2025-10-26", end="2025-10-27", timezone="Europe/Oslo", fmt="%Y%m%d%H%z"
     )

@@ -145,11 +145,21 @@ def plan_run(
                     context={"asset": asset},
                 )
             typed_partition(definition, asset, keys[0])  # raises naming the bad key
-    if keys and not any(resolve(a) is not None for a in targets_assets | graph.upstream(targets_assets)):
+    # The requested keys choose partitions of the selected assets only (an unpartitioned asset
+    # reads its upstream partitions through its mappings), so each must be a key of one of them:
+    # never silently drop a key.
+    partitioned = [a for a in sorted(targets_assets, key=rank.__getitem__) if resolve(a) is not None]
+    if keys and not partitioned:
         raise ValidationError(
             f"partition {keys[0]!r} given but none of {sorted(targets_assets)} is partitioned",
             context={"partition": keys[0]},
         )
+    for requested in keys:
+        if not any((a, requested) in targets for a in partitioned):
+            typed_partition(resolve(partitioned[0]), partitioned[0], requested)  # raises, naming it
+            raise ValidationError(  # pragma: no cover - typed_partition rejects what `in` rejected
+                f"partition {requested!r} is not valid for {partitioned}", context={"partition": requested}
+            )
 
     # 2. Expand upstream through the partition mappings.
     groups: dict[StepKey, tuple[InputGroup, ...]] = {}
@@ -180,7 +190,8 @@ def plan_run(
 
     # 3. Decide what must run, in dependency order.
     ordered = sorted(groups, key=lambda s: (rank[s[0]], s[1] or ""))
-    materialized = store.latest_success(tenant=tenant, pairs=ordered)
+    # A partition whose latest attempt failed is not done, even with an older success.
+    materialized = store.latest_success(tenant=tenant, pairs=ordered, last_succeeded=True)
     stale_steps = _stale_steps(pipeline, store, tenant, ordered, groups, materialized) if stale else set()
     needed: set[StepKey] = set()
     for step in ordered:

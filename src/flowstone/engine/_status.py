@@ -26,27 +26,48 @@ class AssetStatus:
 
 
 def stale_keys(app: FlowStone, asset: str, memo: dict[str, set[str | None]]) -> set[str | None]:
-    """Successful partitions of ``asset`` that are stale, directly or through their upstream."""
-    if asset in memo:
-        return memo[asset]
+    """Partitions of ``asset`` whose latest success is stale, directly or through their upstream.
+
+    Staleness through an upstream follows each partition's latest success, also where a later
+    attempt failed (what was built from that success is what is stale); staleness by its own record
+    (the store's ``version_stale_keys``) covers partitions whose last attempt succeeded.
+    """
+    if asset not in memo:
+        own, inherited = _own_and_inherited(app, asset, memo)
+        memo[asset] = own | inherited
+    return memo[asset]
+
+
+def _own_and_inherited(
+    app: FlowStone, asset: str, memo: dict[str, set[str | None]]
+) -> tuple[set[str | None], set[str | None]]:
+    """(stale by its own record, stale only through a stale upstream partition it consumed)."""
     store, tenant = app.store, app.tenant
     definition = app.pipeline.assets[asset]
-    stale = store.version_stale_keys(tenant=tenant, asset=asset, code_version=definition.code_version)
+    own = store.version_stale_keys(tenant=tenant, asset=asset, code_version=definition.code_version)
+    inherited: set[str | None] = set()
     for upstream in definition.deps:
         upstream_stale = stale_keys(app, upstream, memo)
         if upstream_stale:
-            stale |= store.keys_consuming(
+            inherited |= store.keys_consuming(
                 tenant=tenant, asset=asset, upstream_asset=upstream, upstream_keys=upstream_stale
             )
-    memo[asset] = stale
-    return stale
+    return own, inherited - own
 
 
 def asset_status(app: FlowStone, asset: str, memo: dict[str, set[str | None]] | None = None) -> AssetStatus:
+    memo = {} if memo is None else memo
     definition = app.resolver()(asset)
     total = 1 if definition is None else definition.count()
     status = app.store.partition_status(tenant=app.tenant, asset=asset, total=total)
-    stale = len(stale_keys(app, asset, {} if memo is None else memo))
+    own, inherited = _own_and_inherited(app, asset, memo)
+    memo[asset] = own | inherited
+    # ``own`` holds successes only; an inherited key whose last attempt failed counts as failed,
+    # never as stale too (fresh + stale + missing + failed add up to the total).
+    stale = len(own)
+    if inherited:
+        states = app.store.latest_states(tenant=app.tenant, asset=asset, keys=inherited)
+        stale += sum(1 for state in states.values() if state.last_status == "success")
     succeeded = status.counts.get("success", 0)
     return AssetStatus(
         asset=asset,

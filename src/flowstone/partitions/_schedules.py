@@ -93,7 +93,7 @@ class FixedGrid(Schedule):
         return ("grid", self.period, self.phase)
 
 
-class _LocalSchedule(Schedule):
+class LocalSchedule(Schedule):
     """Ticks at wall-clock times; ``floor`` guesses from the local date, then steps to the answer."""
 
     def __init__(self, tz: ZoneInfo) -> None:
@@ -115,8 +115,21 @@ class _LocalSchedule(Schedule):
         hour, minute = divmod(minute_of_day, 60)
         return wall_to_us(datetime.combine(day, time(hour, minute)), self.tz)
 
+    @abc.abstractmethod
+    def date_of(self, n: int) -> date:
+        """The local date tick ``n`` is scheduled on (before DST resolution)."""
 
-class LocalTimes(_LocalSchedule):
+    @abc.abstractmethod
+    def number_of(self, day: date) -> int | None:
+        """The tick scheduled on ``day`` (one-a-day schedules only), or ``None``.
+
+        Daily, weekly and monthly keys name ticks through these two, not through the resolved
+        instant: a local day that does not exist at all (Pacific/Apia skipped 2011-12-30) keeps its
+        own key, with an empty window, instead of colliding with the next day.
+        """
+
+
+class LocalTimes(LocalSchedule):
     """Ticks at the same wall-clock times (minutes after midnight, sorted) every day."""
 
     def __init__(self, minutes_of_day: tuple[int, ...], tz: ZoneInfo) -> None:
@@ -132,11 +145,17 @@ class LocalTimes(_LocalSchedule):
         i = bisect.bisect_right(self.minutes_of_day, local.hour * 60 + local.minute) - 1
         return local.toordinal() * self._per_day + i
 
+    def date_of(self, n: int) -> date:
+        return date.fromordinal(n // self._per_day)
+
+    def number_of(self, day: date) -> int | None:
+        return day.toordinal() if self._per_day == 1 else None
+
     def identity(self) -> Hashable:
         return ("times", self.minutes_of_day, self.tz.key)
 
 
-class Weekly(_LocalSchedule):
+class Weekly(LocalSchedule):
     """One tick a week, on ``weekday`` (0 = Monday, as ``date.weekday()``) at a wall-clock time."""
 
     def __init__(self, weekday: int, minute_of_day: int, tz: ZoneInfo) -> None:
@@ -151,11 +170,18 @@ class Weekly(_LocalSchedule):
     def _guess(self, local: datetime) -> int:
         return (local.toordinal() - self._base) // 7
 
+    def date_of(self, n: int) -> date:
+        return date.fromordinal(self._base + 7 * n)
+
+    def number_of(self, day: date) -> int | None:
+        weeks, rest = divmod(day.toordinal() - self._base, 7)
+        return None if rest else weeks
+
     def identity(self) -> Hashable:
         return ("weekly", self.weekday, self.minute_of_day, self.tz.key)
 
 
-class Monthly(_LocalSchedule):
+class Monthly(LocalSchedule):
     """One tick a month, on day ``day`` (1..28) at a wall-clock time."""
 
     def __init__(self, day: int, minute_of_day: int, tz: ZoneInfo) -> None:
@@ -169,6 +195,13 @@ class Monthly(_LocalSchedule):
 
     def _guess(self, local: datetime) -> int:
         return local.year * 12 + local.month - 1
+
+    def date_of(self, n: int) -> date:
+        year, month0 = divmod(n, 12)
+        return date(year, month0 + 1, self.day)
+
+    def number_of(self, day: date) -> int | None:
+        return day.year * 12 + day.month - 1 if day.day == self.day else None
 
     def identity(self) -> Hashable:
         return ("monthly", self.day, self.minute_of_day, self.tz.key)

@@ -29,6 +29,9 @@ minutely/hourly windows in a zone with DST need ``%z`` in it.
 
 Values (``to_value``): a ``datetime.date`` (the local start date) for daily, weekly and monthly
 partitions; a ``TimeWindow`` of aware datetimes in the definition's zone for everything else.
+A local day that never happened (Pacific/Apia skipped 2011-12-30) keeps its key, with an empty
+window; a wall-clock start inside a spring-forward gap moves forward by the gap (02:30 -> 03:30 in
+Europe/Oslo).
 Mind that Python subtracts two datetimes of the same zone by wall clock: use
 ``TimeWindow.duration`` for the real length of a window.
 """
@@ -45,6 +48,7 @@ from flowstone.partitions._base import PartitionsDefinition, check_index, check_
 from flowstone.partitions._schedules import (
     MINUTE_US,
     FixedGrid,
+    LocalSchedule,
     LocalTimes,
     Monthly,
     Schedule,
@@ -81,11 +85,12 @@ class TimeWindowPartitions(PartitionsDefinition):
     """Partitions by the windows between consecutive ticks of ``cron`` in ``timezone``.
 
     ``TimeWindowPartitions(cron="0 */6 * * *", start="2025-01-01", timezone="Europe/Oslo")`` has
-    four windows a day, starting at 00:00, 06:00, 12:00 and 18:00 local time. Regular crons (every N
-    minutes or hours, daily / weekly / monthly at a time) answer ``count``, ``key_at`` and
-    ``index_of`` in O(1); any other cron is iterated lazily with croniter from ``start``, its cron
-    times read as wall-clock times (a repeated autumn hour ticks once). See the module docstring
-    for bounds, keys and values.
+    four windows a day, starting at 00:00, 06:00, 12:00 and 18:00 local time (so the window across
+    a DST switch lasts 5 or 7 hours; only every-N-minutes and hourly windows are fixed absolute
+    lengths, see ``_schedules``). Regular crons (every N minutes or hours, daily / weekly / monthly
+    at a time) answer ``count``, ``key_at`` and ``index_of`` in O(1); any other cron is iterated
+    lazily with croniter from ``start``, its cron times read as wall-clock times (a repeated autumn
+    hour ticks once). See the module docstring for bounds, keys and values.
     """
 
     _unit = "time window"
@@ -158,8 +163,6 @@ class TimeWindowPartitions(PartitionsDefinition):
         local = from_us(self._sched.tick(n), self.timezone)
         if self.fmt is not None:
             return local.strftime(self.fmt)
-        if self._date_valued:
-            return local.date().isoformat()
         return _wall_key(local, self._utc)
 
     def _decode(self, key: str) -> int:
@@ -169,19 +172,9 @@ class TimeWindowPartitions(PartitionsDefinition):
                 parsed = datetime.strptime(key, self.fmt)
             except ValueError:
                 raise self._not_a_key(key) from None
-            if self._date_valued:
-                return wall_to_us(datetime.combine(parsed.date(), self._wall_time), self.timezone)
             if parsed.tzinfo is not None:
                 return to_us(parsed)
             return wall_to_us(parsed, self.timezone)
-        if self._date_valued:
-            try:
-                day = date.fromisoformat(key) if len(key) == 10 else None
-            except ValueError:
-                day = None
-            if day is None:
-                raise self._not_a_key(key)
-            return wall_to_us(datetime.combine(day, self._wall_time), self.timezone)
         # Lenient parse, strict check: index_of accepts the key only if it re-encodes to itself.
         try:
             moment = datetime.fromisoformat(key)
@@ -240,9 +233,9 @@ class TimeWindowPartitions(PartitionsDefinition):
 
     # ------------------------------------------------------------------ the contract
     def to_value(self, key: str) -> Any:
-        n = self._first + self.index_of(key)
-        if self._date_valued:
-            return from_us(self._sched.tick(n), self.timezone).date()
+        return self._value(self._first + self.index_of(key))
+
+    def _value(self, n: int) -> Any:
         return self._window(n)
 
     def to_key(self, value: Any) -> str:
@@ -252,8 +245,6 @@ class TimeWindowPartitions(PartitionsDefinition):
                 raise ValueError(f"{value!r} is not a window of {self!r} (its end differs)")
         elif isinstance(value, datetime):
             n = self._tick_number(self._moment(value), value)
-        elif isinstance(value, date) and self._date_valued:
-            n = self._tick_number(wall_to_us(datetime.combine(value, self._wall_time), self.timezone), value)
         else:
             raise ValueError(f"{value!r} is not a value of {self!r}")
         return self._encode(n)
@@ -266,8 +257,11 @@ class TimeWindowPartitions(PartitionsDefinition):
         return self._encode(self._first + index)
 
     def index_of(self, key: str) -> int:
-        t = self._decode(check_key_type(key))
-        return self._tick_number(t, key, canonical=key) - self._first
+        return self._key_number(check_key_type(key)) - self._first
+
+    def _key_number(self, key: str) -> int:
+        """The number of the window ``key`` names, checked to be in range."""
+        return self._tick_number(self._decode(key), key, canonical=key)
 
     def _iter_range(self, lo: int, hi: int) -> Iterator[str]:
         encode, first = self._encode, self._first
@@ -330,7 +324,7 @@ class TimeWindowPartitions(PartitionsDefinition):
         for n in samples:
             try:
                 key = self._encode(n)
-                ok = self._decode(key) == sched.tick(n)
+                ok = self._names(key, n)
             except ValueError:
                 ok = False
             if not ok:
@@ -341,6 +335,10 @@ class TimeWindowPartitions(PartitionsDefinition):
             keys.append(key)
         if len(set(keys)) != len(keys):
             raise ValueError(f"fmt={fmt!r} gives the same key to different windows ({keys[0]!r}...)")
+
+    def _names(self, key: str, n: int) -> bool:
+        """Whether ``key`` decodes to window ``n`` (bounds aside)."""
+        return self._decode(key) == self._sched.tick(n)
 
     # ------------------------------------------------------------------ equality, repr
     def _identity(self) -> Hashable:
@@ -424,9 +422,57 @@ class HourlyPartitions(TimeWindowPartitions):
 
 
 class _DateValued(TimeWindowPartitions):
-    """Daily, weekly and monthly windows: keys and values name the local date a window starts on."""
+    """Daily, weekly and monthly windows: keys and values name the local date a window starts on.
+
+    Keys map to window numbers through the schedule's dates (``date_of`` / ``number_of``), not
+    through instants, so they stay O(1) and unique even on a local day that does not exist.
+    """
 
     _date_valued = True
+    _days: LocalSchedule
+
+    def _encode(self, n: int) -> str:
+        day = self._days.date_of(n)
+        if self.fmt is None:
+            return day.isoformat()
+        return datetime.combine(day, self._wall_time, tzinfo=self.timezone).strftime(self.fmt)
+
+    def _day_number(self, key: str) -> int:
+        """The number of the window ``key`` names, bounds aside; ``ValueError`` when none."""
+        day: date | None = None
+        try:
+            if self.fmt is not None:
+                day = datetime.strptime(key, self.fmt).date()
+            elif len(key) == 10:
+                day = date.fromisoformat(key)
+        except ValueError:
+            day = None
+        n = None if day is None else self._days.number_of(day)
+        if n is None or self._encode(n) != key:
+            raise self._not_a_key(key)
+        return n
+
+    def _key_number(self, key: str) -> int:
+        n = self._day_number(key)
+        if not self._first <= n < self._last_n():
+            raise self._outside(key)
+        return n
+
+    def _names(self, key: str, n: int) -> bool:
+        return self._day_number(key) == n
+
+    def _value(self, n: int) -> date:
+        return self._days.date_of(n)
+
+    def to_key(self, value: Any) -> str:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            n = self._days.number_of(value)
+            if n is None:
+                raise ValueError(f"{value!r} is not the first day of a window of {self!r}")
+            if not self._first <= n < self._last_n():
+                raise self._outside(value.isoformat())
+            return self._encode(n)
+        return super().to_key(value)
 
     def _init_local(
         self,
@@ -443,7 +489,8 @@ class _DateValued(TimeWindowPartitions):
         self.minute_offset = _bounded(minute_offset, "minute_offset", 0, 59)
         self._wall_time = time(hour_offset, minute_offset)
         tz = _zone(timezone)
-        self._setup(cron, make_schedule(tz), tz, _instant(start, "start", tz), start, end, fmt)
+        self._days = make_schedule(tz)
+        self._setup(cron, self._days, tz, _instant(start, "start", tz), start, end, fmt)
 
     def _repr_args(self) -> list[str]:
         args = []

@@ -323,6 +323,18 @@ class Store:
             .where(t.runs.c.id == run_id)
             .values(status=RunStatus.ABANDONED.value, finished_at=now, error=reason)
         )
+        # A backfill runs as one run: when that run dies, so did the backfill (it stays
+        # resumable; without this it would show ``running`` forever).
+        b = t.backfills.c
+        conn.execute(
+            t.backfills.update()
+            .where(
+                b.tenant_id == tenant,
+                b.id == sa.select(t.runs.c.backfill_id).where(t.runs.c.id == run_id).scalar_subquery(),
+                b.status.in_([s.value for s in BackfillStatus if not s.finished]),
+            )
+            .values(status=BackfillStatus.ABANDONED.value, finished_at=now, updated_at=now, error=reason)
+        )
         self._events(
             conn, tenant, [{"type": "run.abandoned", "run_id": run_id, "at": now, "data": {"reason": reason}}]
         )
@@ -462,9 +474,12 @@ class Store:
 
     # ------------------------------------------------------------------ queries
     def latest_success(
-        self, *, tenant: str, pairs: Iterable[tuple[str, str | None]]
+        self, *, tenant: str, pairs: Iterable[tuple[str, str | None]], last_succeeded: bool = False
     ) -> dict[tuple[str, str | None], str]:
-        """Latest successful materialization id per (asset, partition key) that has one."""
+        """Latest successful materialization id per (asset, partition key) that has one.
+
+        ``last_succeeded=True`` leaves out partitions whose latest attempt failed (the planner
+        retries those even though an older success exists)."""
         wanted = {(a, _key_in(k)) for a, k in pairs}
         if not wanted:
             return {}
@@ -480,6 +495,8 @@ class Store:
                     c.asset.in_(chunk),
                     c.success_materialization_id.is_not(None),
                 )
+                if last_succeeded:
+                    query = query.where(c.last_status == "success")
                 if len(keys) <= 500:
                     query = query.where(c.partition_key.in_(keys))
                 for asset, key, mat_id in conn.execute(query):
@@ -1249,6 +1266,33 @@ class Store:
         with self.engine.begin() as conn:
             result = conn.execute(
                 t.backfills.update().where(c.tenant_id == tenant, c.id == backfill_id).values(values)
+            )
+        return bool(result.rowcount)
+
+    def start_backfill(self, *, tenant: str, backfill_id: str, counts: Mapping[str, int]) -> bool:
+        """Claim a ``requested`` backfill for this process: it becomes ``running`` (the first start
+        sets ``started_at``) with ``counts``.
+
+        One conditional update, so of two processes starting or resuming the same backfill only
+        one gets True; False (nothing changed) when the backfill is not ``requested``: running
+        elsewhere, finished, or missing.
+        """
+        c = t.backfills.c
+        now = utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.backfills.update()
+                .where(
+                    c.tenant_id == tenant,
+                    c.id == backfill_id,
+                    c.status == BackfillStatus.REQUESTED.value,
+                )
+                .values(
+                    status=BackfillStatus.RUNNING.value,
+                    counts=_counts(counts),
+                    started_at=sa.func.coalesce(c.started_at, now),
+                    updated_at=now,
+                )
             )
         return bool(result.rowcount)
 
