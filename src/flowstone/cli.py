@@ -738,6 +738,7 @@ def partitions_remove(state: _State, name: str, keys: tuple[str, ...]) -> None:
 def partitions_list(state: _State, name: str) -> None:
     """The keys of the dynamic partitions NAME, in the order they were added."""
     app = state.app()
+    name = app._dynamic_name(name)  # an unknown name is an error (with a suggestion), not an empty list
     for key in app.store.dynamic_partition_keys(tenant=app.tenant, name=name):
         _console().print(key, markup=False)
 

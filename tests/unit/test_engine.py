@@ -777,3 +777,27 @@ def test_parallel_below_one_is_refused(pipeline: fs.Pipeline, make_app: AppFacto
     with pytest.raises(ValueError, match="parallel must be at least 1"):
         app.materialize("a", parallel=parallel)
     assert app.runs() == []
+
+
+def test_a_downstream_partition_starts_as_soon_as_its_own_upstream_is_done(
+    pipeline: fs.Pipeline, make_app: AppFactory
+) -> None:
+    days = fs.DailyPartitions(start="2025-01-01", end="2025-01-04")
+
+    @pipeline.asset(partitioned_by=days)
+    def raw(context: fs.Context) -> int:
+        return 1
+
+    @pipeline.asset(partitioned_by=days)
+    def report(context: fs.Context, raw: int) -> int:
+        return raw
+
+    app = make_app(pipeline)
+    started: list[tuple[str | None, str | None]] = []
+    app.events.subscribe(
+        lambda e: started.append((e.asset, e.partition_key)) if e.type == "step.started" else None
+    )
+    app.backfill(["report"], start="2025-01-01", end="2025-01-03")
+    assert started == [
+        (asset, day) for day in ("2025-01-01", "2025-01-02", "2025-01-03") for asset in ("raw", "report")
+    ]

@@ -8,7 +8,9 @@ The keys are planned into one run: each partition is its own step (and its own m
 a downstream partition starts as soon as the upstream partitions it reads are done, and one failed
 partition never touches the others. The backfill record in the store keeps the requested keys and
 live counts; ``cancel`` asks the running process to stop starting steps (running ones finish);
-``resume`` runs again whatever did not succeed.
+``resume`` runs again whatever did not succeed. One process at a time claims a backfill
+(``requested`` -> ``running``), so it never runs twice at once; when its run dies with its
+process, recovery marks the backfill ``abandoned`` too, and it can be resumed.
 """
 
 from __future__ import annotations
@@ -72,13 +74,21 @@ def backfill_keys(
     if not definitions:
         raise ValidationError(f"none of {sorted(assets)} is partitioned: nothing to backfill")
     if partitions is not None:
+        if isinstance(partitions, str):
+            raise ValidationError("partitions must be a collection of keys, not one string")
         keys = list(dict.fromkeys(partitions))
-        for asset, definition in definitions:
-            bad = [k for k in keys if k not in definition]
-            if bad and len(definitions) == 1:
+        if not keys:
+            raise ValidationError("no partitions given: name at least one key")
+        # Every key must be a partition of at least one selected asset: never drop one silently.
+        for key in keys:
+            if not any(key in definition for _, definition in definitions):
+                asset = definitions[0][0]
+                where = (
+                    f"asset '{asset}'" if len(definitions) == 1 else f"any of {[a for a, _ in definitions]}"
+                )
                 raise ValidationError(
-                    f"partition {bad[0]!r} is not valid for asset '{asset}'",
-                    context={"asset": asset, "partition": bad[0]},
+                    f"partition {key!r} is not valid for {where}",
+                    context={"asset": asset, "partition": key},
                 )
         return keys, {"partitions": len(keys)}
     seen: dict[str, None] = {}
@@ -92,6 +102,11 @@ def backfill_keys(
                     f"--{name} {bound!r} is not a partition of asset '{asset}'",
                     context={"asset": asset, "partition": bound},
                 )
+        if start is not None and end is not None and definition.index_of(start) > definition.index_of(end):
+            raise ValidationError(
+                f"--from {start!r} comes after --to {end!r}: nothing to backfill",
+                context={"asset": asset, "from": start, "to": end},
+            )
         seen.update(dict.fromkeys(definition.keys(start, end)))
     keys = list(seen)
     if not keys:
@@ -105,15 +120,16 @@ class _Progress:
     def __init__(
         self,
         app: FlowStone,
-        record: BackfillRecord,
+        backfill_id: str,
+        counts: dict[str, int],
         targets: set[tuple[str, str | None]],
         on_progress: Callable[[dict[str, int]], None] | None,
     ) -> None:
         self.app = app
-        self.record = record
+        self.backfill_id = backfill_id
         self.targets = targets
         self.on_progress = on_progress
-        self.counts = dict(record.counts)
+        self.counts = dict(counts)
         self.last_write = time.monotonic()
 
     def __call__(self, event: Event) -> None:
@@ -141,7 +157,7 @@ class _Progress:
         if now - self.last_write >= COUNT_WRITE_EVERY_S:
             self.last_write = now
             self.app.store.update_backfill_counts(
-                tenant=self.app.tenant, backfill_id=self.record.id, counts=self.counts
+                tenant=self.app.tenant, backfill_id=self.backfill_id, counts=self.counts
             )
 
 
@@ -157,28 +173,58 @@ def run_backfill(
 ) -> BackfillResult:
     """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
     store, tenant = app.store, app.tenant
-    # Without force: exactly the missing and the stale partitions (and what they need).
-    plan = app.plan(record.assets, partitions=record.partition_keys, force=force, stale=not force)
-    targets = {s.key for s in plan.steps if s.asset in record.assets}
+    try:
+        # Without force: exactly the missing and the stale partitions (and what they need).
+        plan = app.plan(record.assets, partitions=record.partition_keys, force=force, stale=not force)
+    except BaseException as exc:
+        # Recorded only if the backfill is ours to run: never fail one that runs elsewhere.
+        if store.start_backfill(tenant=tenant, backfill_id=record.id, counts=record.counts):
+            store.finish_backfill(
+                tenant=tenant,
+                backfill_id=record.id,
+                status=BackfillStatus.FAILED if isinstance(exc, Exception) else BackfillStatus.ABANDONED,
+                error=f"planning failed: {type(exc).__name__}: {exc}",
+            )
+        raise
+    # The requested pairs: a selected asset at a requested key (or an unpartitioned selected
+    # asset), not the upstream partitions a mapping pulls in beyond the requested range.
+    wanted = set(record.partition_keys)
+    selected = set(record.assets)
+    targets = {
+        s.key
+        for s in plan.steps
+        if s.asset in selected and (s.partition_key is None or s.partition_key in wanted)
+    }
+    up_to_date = [k for k in plan.up_to_date if k[1] is None or k[1] in wanted]
     counts = {
-        "total": len(targets) + len(plan.up_to_date),
+        "total": len(targets) + len(up_to_date),
         "queued": len(targets),
         "running": 0,
         "succeeded": 0,
         "failed": 0,
-        "skipped": len(plan.up_to_date),
-        "up_to_date": len(plan.up_to_date),
+        "skipped": len(up_to_date),
+        "up_to_date": len(up_to_date),
     }
-    store.update_backfill_counts(
-        tenant=tenant, backfill_id=record.id, counts=counts, status=BackfillStatus.RUNNING
-    )
-    record = store.get_backfill(tenant=tenant, backfill_id=record.id) or record
-    if on_start is not None:
-        on_start(counts["total"], counts["up_to_date"])
-    progress = _Progress(app, record, targets, on_progress)
+    # Claim it (requested -> running) only now, right before its run is created: of two processes
+    # starting or resuming it only one runs it, and one killed while planning leaves it
+    # ``requested``, so a resume can still take it.
+    if not store.start_backfill(tenant=tenant, backfill_id=record.id, counts=counts):
+        current = store.get_backfill(tenant=tenant, backfill_id=record.id) or record
+        raise ValidationError(
+            f"backfill {record.id} is {current.status}, not waiting to run"
+            + (
+                f": cancel it (`flowstone backfill cancel {record.id[:12]}`) or let it finish"
+                if not current.status.finished
+                else ""
+            ),
+            context={"backfill_id": record.id, "status": current.status.value},
+        )
+    progress = _Progress(app, record.id, counts, targets, on_progress)
     unsubscribe = app.events.subscribe(progress)
     run: RunResult | None = None
     try:
+        if on_start is not None:
+            on_start(counts["total"], counts["up_to_date"])
         run = app.execute(
             plan,
             parallel=parallel,

@@ -369,7 +369,9 @@ class _Run:
                     for child in self.children[key]:
                         self.waiting[child] -= 1
                         if self.waiting[child] == 0 and self.results[child].status is StepStatus.PENDING:
-                            ready.append(child)
+                            # Front of the queue: a downstream partition starts as soon as its
+                            # own upstream partitions are done, not after the whole upstream.
+                            ready.appendleft(child)
                 else:
                     self._failed(key, computed)
         self._writer.flush()
