@@ -366,12 +366,14 @@ class _Run:
                 computed: _Computed = future.result()
                 if computed.error is None:
                     self._succeeded(key, computed)
+                    unblocked = []
                     for child in self.children[key]:
                         self.waiting[child] -= 1
                         if self.waiting[child] == 0 and self.results[child].status is StepStatus.PENDING:
-                            # Front of the queue: a downstream partition starts as soon as its
-                            # own upstream partitions are done, not after the whole upstream.
-                            ready.appendleft(child)
+                            unblocked.append(child)
+                    # Front of the queue, in plan order: a downstream partition starts as soon as
+                    # its own upstream partitions are done, not after the whole upstream.
+                    ready.extendleft(reversed(unblocked))
                 else:
                     self._failed(key, computed)
         self._writer.flush()
