@@ -269,20 +269,22 @@ class _Run:
         self.executor = executor
         self.keep_values = keep_values
         self.run_id = new_id()
-        self.step_ids = {s.key: new_id() for s in plan.steps}
-        self.steps = {s.key: s for s in plan.steps}
+        keyed = [(s.key, s) for s in plan.steps]
+        self.step_ids = {key: new_id() for key, _ in keyed}
+        self.steps = dict(keyed)
+        self.inputs = {key: s.inputs for key, s in keyed}
         self.results: dict[StepKey, StepResult] = {
-            s.key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for s in plan.steps
+            key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for key, s in keyed
         }
         self.mat_ids: dict[StepKey, str] = dict(plan.existing)
         self.data_versions: dict[StepKey, str | None] = {}
-        self.children: dict[StepKey, list[StepKey]] = {s.key: [] for s in plan.steps}
+        self.children: dict[StepKey, list[StepKey]] = {key: [] for key, _ in keyed}
         self.waiting: dict[StepKey, int] = {}
-        for s in plan.steps:
-            planned_inputs = [i for i in s.inputs if i in self.steps]
-            self.waiting[s.key] = len(planned_inputs)
+        for key, _ in keyed:
+            planned_inputs = [i for i in self.inputs[key] if i in self.steps]
+            self.waiting[key] = len(planned_inputs)
             for i in planned_inputs:
-                self.children[i].append(s.key)
+                self.children[i].append(key)
         self.writer: RunWriter | None = None
         self.cancelled = False
         self.last_cancel_check = float("-inf")
@@ -305,9 +307,13 @@ class _Run:
             executor=executor_name,
             steps=[
                 NewStep(
-                    self.step_ids[s.key], i, s.asset, s.partition_key, [[a, k or ""] for a, k in s.inputs]
+                    self.step_ids[key],
+                    i,
+                    s.asset,
+                    s.partition_key,
+                    [[a, k or ""] for a, k in self.inputs[key]],
                 )
-                for i, s in enumerate(self.plan.steps)
+                for i, (key, s) in enumerate(self.steps.items())
             ],
             backfill_id=env.backfill_id,
         )
@@ -334,14 +340,14 @@ class _Run:
         return RunResult(
             run_id=self.run_id,
             status=status,
-            steps=StepResults([self.results[s.key] for s in self.plan.steps]),
+            steps=StepResults(list(self.results.values())),
             started_at=started_at,
             finished_at=finished_at,
             up_to_date=list(self.plan.up_to_date),
         )
 
     def _loop(self) -> None:
-        ready = deque(s.key for s in self.plan.steps if self.waiting[s.key] == 0)
+        ready = deque(key for key in self.steps if self.waiting[key] == 0)
         inflight: dict[Future[Any], StepKey] = {}
         while ready or inflight:
             if ready and self._cancel_requested():
@@ -455,7 +461,7 @@ class _Run:
         # In-run upstreams pass their data version; for older ones the writer looks it up.
         lineage = [
             (self.mat_ids[i], i[0], i[1], self.data_versions.get(i))
-            for i in self.steps[key].inputs
+            for i in self.inputs[key]
             if i in self.mat_ids
         ]
         self._writer.finish_step(
