@@ -402,10 +402,11 @@ def test_only_one_process_claims_a_requested_backfill(make_app: AppFactory) -> N
     assert resumed.status is fs.BackfillStatus.SUCCEEDED and resumed.counts["succeeded"] == 2
 
 
-def test_resume_that_cannot_be_planned_leaves_the_backfill_failed(make_app: AppFactory) -> None:
-    """A key removed from dynamic partitions after the backfill: resuming it fails at planning,
-    is recorded as failed with the reason (not left ``running``), and can be resumed later."""
-    broken = {"globex"}
+def test_resume_drops_removed_dynamic_keys_and_fails_only_when_none_are_left(make_app: AppFactory) -> None:
+    """Keys removed from dynamic partitions after the backfill are left out of a resume (and
+    counted as dropped); a backfill with no key left fails at planning, is recorded as failed
+    with the reason (not left ``running``), and can be resumed once keys exist again."""
+    broken = {"globex", "initech"}
     pipeline = fs.Pipeline("customers")
 
     @pipeline.asset(partitioned_by=fs.DynamicPartitions("customers"))
@@ -415,22 +416,28 @@ def test_resume_that_cannot_be_planned_leaves_the_backfill_failed(make_app: AppF
         return str(context.partition_key)
 
     app = make_app(pipeline)
-    app.add_partitions("customers", ["acme", "globex"])
+    app.add_partitions("customers", ["acme", "globex", "initech"])
     first = app.backfill(["invoices"], all_partitions=True)
-    assert first.status is fs.BackfillStatus.FAILED and first.backfill.partition_keys == ["acme", "globex"]
+    assert first.status is fs.BackfillStatus.FAILED
+    assert first.backfill.partition_keys == ["acme", "globex", "initech"]
 
     app.remove_partitions("customers", ["globex"])
-    with pytest.raises(fs.ValidationError, match="globex"):
-        app.resume_backfill(first.id)
-    record = app.get_backfill(first.id)
+    broken.discard("initech")
+    resumed = app.resume_backfill(first.id)
+    assert resumed.status is fs.BackfillStatus.SUCCEEDED
+    assert (resumed.counts["succeeded"], resumed.counts["up_to_date"], resumed.counts["dropped"]) == (1, 1, 1)
+
+    only = app.backfill(["invoices"], partitions=["acme"], force=True)
+    app.remove_partitions("customers", ["acme", "initech"])
+    with pytest.raises(fs.ValidationError, match="none of the 1 partitions of the backfill exist"):
+        app.resume_backfill(only.id)
+    record = app.get_backfill(only.id)
     assert record.status is fs.BackfillStatus.FAILED
     assert record.error is not None and record.error.startswith("planning failed: ValidationError: ")
 
-    broken.clear()
-    app.add_partitions("customers", ["globex"])
-    resumed = app.resume_backfill(first.id)
-    assert resumed.status is fs.BackfillStatus.SUCCEEDED and resumed.backfill.error is None
-    assert (resumed.counts["succeeded"], resumed.counts["up_to_date"]) == (1, 1)
+    app.add_partitions("customers", ["acme"])
+    again = app.resume_backfill(only.id)
+    assert again.status is fs.BackfillStatus.SUCCEEDED and again.backfill.error is None
 
 
 # ---------------------------------------------------------------------- cancel

@@ -173,9 +173,19 @@ def run_backfill(
 ) -> BackfillResult:
     """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
     store, tenant = app.store, app.tenant
+    # Keys that no selected asset has any more (a dynamic key removed since the backfill was
+    # requested) are left out, and said so on the record, instead of failing the whole backfill.
+    resolve = app.resolver()
+    definitions = [d for a in record.assets if (d := resolve(a)) is not None]
+    keys = [k for k in record.partition_keys if any(k in d for d in definitions)]
+    dropped = len(record.partition_keys) - len(keys)
     try:
+        if not keys:
+            raise ValidationError(
+                f"none of the {len(record.partition_keys)} partitions of the backfill exist any more"
+            )
         # Without force: exactly the missing and the stale partitions (and what they need).
-        plan = app.plan(record.assets, partitions=record.partition_keys, force=force, stale=not force)
+        plan = app.plan(record.assets, partitions=keys, force=force, stale=not force)
     except BaseException as exc:
         # Recorded only if the backfill is ours to run: never fail one that runs elsewhere.
         if store.start_backfill(tenant=tenant, backfill_id=record.id, counts=record.counts):
@@ -205,6 +215,8 @@ def run_backfill(
         "skipped": len(up_to_date),
         "up_to_date": len(up_to_date),
     }
+    if dropped:
+        counts["dropped"] = dropped
     # Claim it (requested -> running) only now, right before its run is created: of two processes
     # starting or resuming it only one runs it, and one killed while planning leaves it
     # ``requested``, so a resume can still take it.
