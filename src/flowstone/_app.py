@@ -285,12 +285,14 @@ class FlowStone:
         return record
 
     # ------------------------------------------------------------------ partitions and health
-    def status(self, asset: str) -> AssetStatus:
-        """Partitions of ``asset``: total, fresh, stale, missing, failed."""
+    def status(self, asset: str, *, memo: dict[str, set[str | None]] | None = None) -> AssetStatus:
+        """Partitions of ``asset``: total, fresh, stale, missing, failed.
+
+        Pass one ``memo`` dict to several calls so upstream staleness is worked out once."""
         from flowstone.engine._status import asset_status
 
         self.pipeline.get(asset)
-        return asset_status(self, asset)
+        return asset_status(self, asset, memo)
 
     def invalidate(
         self,

@@ -86,9 +86,19 @@ class Lineage:
             if latest
             else set()
         )
+        entries = self.downstream(asset, partition=partition, depth=depth)
+        keys_by_asset: dict[str, list[str | None]] = {}
+        for entry in entries:
+            keys_by_asset.setdefault(entry.asset, []).append(entry.partition_key)
+        # One chunked lookup per downstream asset, not one query per partition.
+        states = {
+            (name, key): found
+            for name, keys in keys_by_asset.items()
+            for key, found in store.latest_states(tenant=tenant, asset=name, keys=keys).items()
+        }
         result: list[LineageEntry] = []
-        for entry in self.downstream(asset, partition=partition, depth=depth):
-            state = store.partition_state(tenant=tenant, asset=entry.asset, partition_key=entry.partition_key)
+        for entry in entries:
+            state = states.get((entry.asset, entry.partition_key))
             current = state.success_materialization_id if state else None
             result.append(
                 LineageEntry(

@@ -204,6 +204,8 @@ def materialize(
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
     out = _console()
+    if partition is not None and partition_list is not None:
+        raise ValidationError("give --partition or --partitions, not both")
     keys = _split_keys(partition_list)
     plan = app.plan(list(selection), partition=partition, partitions=keys, force=force, stale=stale)
     if not plan.steps:
@@ -658,10 +660,11 @@ def status(state: _State, selection: tuple[str, ...], show_failed: bool) -> None
     table = Table(title="status")
     for col in ("asset", "partitions", "fresh", "stale", "missing", "failed"):
         table.add_column(col)
+    memo: dict[str, set[str | None]] = {}  # upstream staleness, worked out once for all rows
     for name in app.pipeline.graph.topological_order():
         if name not in names:
             continue
-        row = app.status(name)
+        row = app.status(name, memo=memo)
         table.add_row(
             name,
             str(row.total),

@@ -302,6 +302,12 @@ def test_invalidate_downstream_then_materialize_stale(project: Project) -> None:
     assert "give --partition or --all" in bad.stderr
     assert_no_traceback(bad)
 
+    two_ways = project.run(
+        "materialize", "daily_report", "--partition", "2025-01-10", "--partitions", "2025-01-11", expect=2
+    )
+    assert "give --partition or --partitions, not both" in two_ways.stderr
+    assert_no_traceback(two_ways)
+
 
 def test_dynamic_partitions_add_list_remove(project: Project) -> None:
     project.write("tenants.py", TENANTS)

@@ -147,8 +147,6 @@ class _Progress:
         if event.type not in moves:
             return
         source, target = moves[event.type]
-        if event.type == STEP_FAILED and self.counts.get("running", 0) == 0:
-            source = "queued"  # a step that could not start (a missing upstream partition)
         self.counts[source] = max(0, self.counts.get(source, 0) - 1)
         self.counts[target] = self.counts.get(target, 0) + 1
         if self.on_progress is not None:
