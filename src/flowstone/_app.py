@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowstone._assets import AssetDefinition
-from flowstone._errors import ValidationError
+from flowstone._errors import ConfigurationError, FlowStoneError, ValidationError
 from flowstone._events import EventBus
 from flowstone._lineage import Lineage
-from flowstone._pipeline import BUILTIN_IO_MANAGERS, Pipeline
+from flowstone._pipeline import Pipeline
 from flowstone.io._base import IOManager
 
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ class FlowStone:
 
     ``store`` is a database URL (``sqlite:///path.db``, ``postgresql://...``), a SQLAlchemy
     engine or a ``Store``; by default ``.flowstone/flowstone.db`` under the current directory.
-    ``io_managers`` adds or replaces named I/O managers (``memory`` and ``filesystem`` are built in).
+    ``io_managers`` adds or replaces named I/O managers. The built-in ones (``filesystem``, the
+    default, ``memory``, ``parquet``, ``object_store``, ``postgres``, ``duckdb``) are created with
+    their defaults when an asset names one that is not bound.
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class FlowStone:
             if not isinstance(manager, IOManager):
                 raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
         self.resources: dict[str, Any] = dict(resources or {})
-        pipeline.validate(extra_io_managers=list(overrides), resources=list(self.resources))
+        pipeline.validate(io_managers=overrides, resources=list(self.resources))
         self.pipeline = pipeline
         self.tenant = tenant
         if store is None:
@@ -77,6 +79,7 @@ class FlowStone:
         }
         self.io_managers.update(pipeline.io_managers)
         self.io_managers.update(overrides)
+        self._create_builtin_io_managers(Path(storage_dir))
         self.events = EventBus()
         self.lineage = Lineage(self)
         # A run whose process died (killed, crashed, machine restarted) is marked abandoned now,
@@ -87,7 +90,31 @@ class FlowStone:
         return f"FlowStone({self.pipeline.name!r}, store={self.store.engine.url!r})"
 
     def close(self) -> None:
+        for manager in self.io_managers.values():
+            close = getattr(manager, "close", None)
+            if callable(close):
+                close()
         self.store.close()
+
+    def _create_builtin_io_managers(self, storage_dir: Path) -> None:
+        from flowstone.io._registry import create
+
+        users: dict[str, list[AssetDefinition[..., Any]]] = {}
+        for definition in self.pipeline.assets.values():
+            name = definition.io_manager or self.pipeline.default_io_manager
+            if name not in self.io_managers:
+                users.setdefault(name, []).append(definition)
+        store_url = self.store.engine.url.render_as_string(hide_password=False)
+        for name, assets in users.items():
+            try:
+                self.io_managers[name] = create(name, None, storage_dir=storage_dir, store_url=store_url)
+            except FlowStoneError as exc:
+                first = assets[0]
+                raise ConfigurationError(
+                    f"asset '{first.name}' ({first.location}) uses I/O manager '{name}': {exc.message}",
+                    context={"asset": first.name, "io_manager": name},
+                    original=exc,
+                ) from exc
 
     def __enter__(self) -> FlowStone:
         return self
@@ -397,4 +424,6 @@ class FlowStone:
 
     @property
     def io_manager_names(self) -> Sequence[str]:
-        return sorted(set(BUILTIN_IO_MANAGERS) | set(self.io_managers))
+        from flowstone.io._registry import BUILTINS
+
+        return sorted(set(BUILTINS) | set(self.io_managers))

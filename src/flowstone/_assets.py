@@ -8,6 +8,7 @@ pipeline's job, so that they can be reported all at once.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import keyword
 from collections.abc import Callable, Mapping, Sequence
@@ -153,7 +154,7 @@ def build_asset(
     description: str | None = None,
     depends_on: Sequence[str | AssetDefinition[..., Any]] | None = None,
     io_manager: str | None = None,
-    io_config: Mapping[str, Any] | None = None,
+    io_config: Mapping[str, Any] | Any | None = None,
     requires: Sequence[str] | None = None,
     tags: Mapping[str, str] | Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -187,8 +188,15 @@ def build_asset(
             asset=asset_name,
             location=location,
         )
+    if io_config is not None and dataclasses.is_dataclass(io_config) and not isinstance(io_config, type):
+        # A typed config object (e.g. ParquetConfig(path=...)): the fields that were set.
+        io_config = {k: v for k, v in dataclasses.asdict(io_config).items() if v is not None}
     if io_config is not None and not isinstance(io_config, Mapping):
-        raise _fail("io_config must be a dict", asset=asset_name, location=location)
+        raise _fail(
+            "io_config must be a dict or a config dataclass such as ParquetConfig(...)",
+            asset=asset_name,
+            location=location,
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
         raise _fail("metadata must be a dict", asset=asset_name, location=location)
     if code_version is not None and not isinstance(code_version, str):

@@ -8,6 +8,12 @@ relative SQLite URLs, are taken from there::
     pipeline = "analytics.pipeline:pipeline"
     store = "sqlite:///.flowstone/flowstone.db"    # or postgresql://user@host/db
     storage = ".flowstone/storage"                 # filesystem I/O manager root
+
+    [io.parquet]                                   # options of a built-in I/O manager
+    root = "s3://lake/parquet"
+    [io.warehouse]                                 # a second, named instance of one
+    type = "postgres"
+    url = "postgresql://etl@warehouse/analytics"
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flowstone._errors import ConfigurationError
 
-KEYS = {"pipeline", "store", "storage", "tenant"}
+KEYS = {"pipeline", "store", "storage", "tenant", "io"}
 ENV = {
     "pipeline": "FLOWSTONE_PIPELINE",
     "store": "FLOWSTONE_STORE_URL",
@@ -39,6 +45,7 @@ class Settings:
     store_url: str
     storage_dir: Path
     tenant: str
+    io: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def find_config(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -100,8 +107,11 @@ def load_settings(
             guesses = difflib.get_close_matches(str(key), sorted(KEYS), n=1, cutoff=0.6)
             hint = f"; did you mean {guesses[0]!r}?" if guesses else ""
             raise ConfigurationError(f"{path}: unknown setting {key!r}{hint} (known: {sorted(KEYS)})")
-        if not isinstance(value, str):
+        if key == "io":
+            _check_io_table(path, value)
+        elif not isinstance(value, str):
             raise ConfigurationError(f"{path}: setting {key!r} must be a string, got {value!r}")
+    io = values.pop("io", {})
     merged: dict[str, str] = dict(values)
     for key, var in ENV.items():
         if environ.get(var):
@@ -119,4 +129,12 @@ def load_settings(
         store_url=store_url,
         storage_dir=storage if storage.is_absolute() else project_dir / storage,
         tenant=merged.get("tenant", "default"),
+        io=io,
     )
+
+
+def _check_io_table(path: Path | None, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigurationError(
+            f'{path}: [io] must hold one table per I/O manager, e.g. [io.parquet] root = "lake"'
+        )

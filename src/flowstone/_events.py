@@ -22,6 +22,10 @@ STEP_STARTED = "step.started"
 STEP_SUCCEEDED = "step.succeeded"
 STEP_FAILED = "step.failed"
 STEP_SKIPPED = "step.skipped"
+# Emitted by the engine around each I/O manager call, with duration_ms and, when known,
+# size_bytes and row_count (not written to the store: they feed metrics and logs).
+IO_LOADED = "io.loaded"
+IO_STORED = "io.stored"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class EventBus:
         """Add a subscriber; returns a function that removes it again."""
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
+
+    @property
+    def has_subscribers(self) -> bool:
+        """False when nobody listens: callers may skip building an event at all."""
+        return bool(self._subscribers)
 
     def emit(self, event: Event) -> None:
         for subscriber in list(self._subscribers):

@@ -27,12 +27,11 @@ from flowstone._assets import AssetDefinition, build_asset
 from flowstone._errors import ConfigurationError, PipelineInvalid, Problem
 from flowstone._graph import AssetGraph, unknown_asset
 from flowstone._mappings import In, default_mapping
+from flowstone.io._registry import BUILTINS, builtin_class, missing_modules
 from flowstone.partitions import PartitionsDefinition
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-BUILTIN_IO_MANAGERS = ("filesystem", "memory")
 
 
 class Pipeline:
@@ -71,7 +70,7 @@ class Pipeline:
         description: str | None = None,
         depends_on: Sequence[str | AssetDefinition[..., Any]] | None = None,
         io_manager: str | None = None,
-        io_config: Mapping[str, Any] | None = None,
+        io_config: Mapping[str, Any] | Any | None = None,
         requires: Sequence[str] | None = None,
         tags: Mapping[str, str] | Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -127,15 +126,25 @@ class Pipeline:
 
     # ------------------------------------------------------------------ validation
     def problems(
-        self, *, extra_io_managers: Sequence[str] = (), resources: Sequence[str] | None = None
+        self,
+        *,
+        io_managers: Mapping[str, Any] | Sequence[str] = (),
+        resources: Sequence[str] | None = None,
     ) -> list[Problem]:
         """Every whole-pipeline problem, each naming the asset and its file:line.
 
+        ``io_managers`` are I/O manager instances (or just names) bound besides the pipeline's
+        own; each asset's ``io_config`` is checked by its manager's ``validate_config``.
         ``resources``, when given, are the resource names that will be available: an asset that
         ``requires`` another one is a problem (``FlowStone`` passes its own).
         """
         found: list[Problem] = []
-        known_io = set(BUILTIN_IO_MANAGERS) | set(self.io_managers) | set(extra_io_managers)
+        bound: dict[str, Any] = dict(self.io_managers)
+        if isinstance(io_managers, Mapping):
+            bound.update(io_managers)
+        else:
+            bound.update({name: None for name in io_managers})
+        known_io = set(BUILTINS) | set(bound)
         for dup in self._duplicates:
             first = self._assets[dup.name]
             found.append(
@@ -190,6 +199,8 @@ class Pipeline:
                         location=asset.location,
                     )
                 )
+            else:
+                found.extend(_io_problems(asset, manager, bound))
         for cycle in self.graph.cycles():
             first = self._assets[cycle[0]]
             found.append(
@@ -203,10 +214,13 @@ class Pipeline:
         return found
 
     def validate(
-        self, *, extra_io_managers: Sequence[str] = (), resources: Sequence[str] | None = None
+        self,
+        *,
+        io_managers: Mapping[str, Any] | Sequence[str] = (),
+        resources: Sequence[str] | None = None,
     ) -> None:
         """Raise PipelineInvalid listing every problem, or return quietly."""
-        problems = self.problems(extra_io_managers=extra_io_managers, resources=resources)
+        problems = self.problems(io_managers=io_managers, resources=resources)
         if problems:
             raise PipelineInvalid(problems)
 
@@ -268,3 +282,36 @@ def load_pipeline(target: str, *, search_path: Sequence[str | Path] = ()) -> Pip
             context={"pipeline": target},
         )
     return obj
+
+
+def _io_problems(asset: AssetDefinition[..., Any], manager: str, bound: Mapping[str, Any]) -> list[Problem]:
+    """A missing extra for a built-in manager, and whatever its ``validate_config`` finds."""
+    instance = bound.get(manager)
+    if instance is None and manager in bound:
+        return []  # bound by name only: nothing to ask
+    if instance is None:
+        missing = missing_modules(manager)
+        if missing:
+            extra = BUILTINS[manager].extra
+            return [
+                Problem(
+                    "missing_extra",
+                    f"uses I/O manager '{manager}', which needs the '{extra}' extra "
+                    f"(not installed: {', '.join(missing)}): pip install 'flowstone[{extra}]'",
+                    asset=asset.name,
+                    location=asset.location,
+                )
+            ]
+        instance = builtin_class(manager)
+    validate = getattr(instance, "validate_config", None)
+    if validate is None:
+        return []
+    return [
+        Problem(
+            "invalid_io_config",
+            f"io_config for I/O manager '{manager}': {message}",
+            asset=asset.name,
+            location=asset.location,
+        )
+        for message in validate(asset.io_config)
+    ]

@@ -86,6 +86,22 @@ class _State:
             self._pipeline = load_pipeline(target, search_path=[self.settings.project_dir])
         return self._pipeline
 
+    def io_managers(self) -> dict[str, Any]:
+        """The I/O managers configured under [io.NAME] (created, not yet connected)."""
+        from flowstone.io._registry import create
+
+        settings = self.settings
+        return {
+            name: create(
+                name,
+                options,
+                storage_dir=settings.storage_dir,
+                store_url=settings.store_url,
+                base_dir=settings.project_dir,
+            )
+            for name, options in settings.io.items()
+        }
+
     def app(self) -> FlowStone:
         if self._app is None:
             from flowstone._app import FlowStone
@@ -96,6 +112,7 @@ class _State:
                 store=settings.store_url,
                 tenant=settings.tenant,
                 storage_dir=settings.storage_dir,
+                io_managers=self.io_managers(),
             )
         return self._app
 
@@ -174,7 +191,7 @@ def check(state: _State, target: str | None) -> None:
     if target is not None:
         state.pipeline = target
     pipeline = state.load()
-    pipeline.validate()
+    pipeline.validate(io_managers=state.io_managers())
     _console().print(f"pipeline '{pipeline.name}' is valid: {len(pipeline.assets)} assets")
 
 

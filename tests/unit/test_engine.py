@@ -668,9 +668,11 @@ def test_events_are_emitted_in_order(pipeline: fs.Pipeline, make_app: AppFactory
         return b
 
     app = make_app(pipeline)
-    events: list[fs.Event] = []
-    unsubscribe = app.events.subscribe(events.append)
+    received: list[fs.Event] = []
+    unsubscribe = app.events.subscribe(received.append)
     run = app.materialize("c")
+    io_events = [e for e in received if e.type.startswith("io.")]
+    events = [e for e in received if not e.type.startswith("io.")]
     assert [(e.type, e.asset) for e in events] == [
         ("run.started", None),
         ("step.started", "a"),
@@ -686,9 +688,19 @@ def test_events_are_emitted_in_order(pipeline: fs.Pipeline, make_app: AppFactory
     assert "upstream 'b' failed" in events[5].data["reason"]
     assert events[-1].data == {"status": "failed"}
 
+    # a's value was stored, then loaded by b: each with its duration and size
+    assert [(e.type, e.asset, e.data.get("consumer")) for e in io_events] == [
+        ("io.stored", "a", None),
+        ("io.loaded", "a", "b"),
+    ]
+    assert io_events[0].data["io_manager"] == "filesystem"
+    assert io_events[0].data["size_bytes"] > 0
+    assert io_events[1].data["duration_ms"] >= 0
+
+    count = len(received)
     unsubscribe()
     app.materialize("a", force=True)
-    assert len(events) == 7
+    assert len(received) == count
 
 
 def test_broken_subscriber_does_not_break_the_run(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
@@ -706,7 +718,7 @@ def test_broken_subscriber_does_not_break_the_run(pipeline: fs.Pipeline, make_ap
     app.events.subscribe(lambda e: seen.append(e.type))
     run = app.materialize("a")
     assert run.success
-    assert seen == ["run.started", "step.started", "step.succeeded", "run.finished"]
+    assert seen == ["run.started", "step.started", "io.stored", "step.succeeded", "run.finished"]
 
 
 def test_events_are_persisted(pipeline: fs.Pipeline, make_app: AppFactory) -> None:

@@ -171,7 +171,7 @@ def test_validate_accepts_extra_and_pipeline_io_managers() -> None:
 
     [problem] = pipeline.problems()
     assert problem.code == "unknown_io_manager" and problem.asset == "b"
-    pipeline.validate(extra_io_managers=["lake"])
+    pipeline.validate(io_managers=["lake"])
 
 
 def test_unknown_default_io_manager_is_reported_per_asset() -> None:

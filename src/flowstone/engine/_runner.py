@@ -10,13 +10,15 @@ recorded, so the step simply runs again.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flowstone._assets import AssetDefinition, Output
@@ -32,6 +34,8 @@ from flowstone._errors import (
     format_traceback,
 )
 from flowstone._events import (
+    IO_LOADED,
+    IO_STORED,
     RUN_FINISHED,
     RUN_STARTED,
     STEP_FAILED,
@@ -46,7 +50,8 @@ from flowstone._pipeline import Pipeline
 from flowstone._records import Materialization, RunStatus, StepStatus
 from flowstone.engine._planner import Plan, PlannedStep, Resolve, StepKey, typed_partition
 from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
-from flowstone.io._base import IOContext, IOManager, StoredValue
+from flowstone.io._base import IOContext, IOManager, StoredValue, UpstreamVersion
+from flowstone.io._frames import element_annotation
 from flowstone.store._store import HOST, NewStep, Store, utcnow
 from flowstone.store._writer import RunWriter, StepOutcome
 
@@ -113,9 +118,33 @@ class RunEnv:
     # Called between steps (at most every CANCEL_CHECK_EVERY_S): True stops starting new steps.
     cancelled: Callable[[], bool] | None = None
     backfill_id: str | None = None
+    _param_types: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
         return asset.io_manager or self.pipeline.default_io_manager
+
+    def param_types(self, asset: AssetDefinition[..., Any]) -> Mapping[str, Any]:
+        """The asset function's parameter annotations (strings when they cannot be resolved)."""
+        found = self._param_types.get(asset.name)
+        if found is None:
+            try:
+                found = typing.get_type_hints(asset.fn)
+            except Exception:  # a forward reference that does not resolve: keep the text
+                found = {
+                    name: param.annotation
+                    for name, param in inspect.signature(asset.fn).parameters.items()
+                    if param.annotation is not inspect.Parameter.empty
+                }
+            self._param_types[asset.name] = found
+        return found
+
+
+@dataclass(frozen=True)
+class _StepIO:
+    """What a step's store needs for provenance, decided on the coordinating thread."""
+
+    materialization_id: str
+    upstream: tuple[UpstreamVersion, ...]
 
 
 @dataclass
@@ -157,7 +186,9 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, asset: str)
     return box["value"]
 
 
-def _io_context(env: RunEnv, asset: AssetDefinition[..., Any], key: str | None, run_id: str) -> IOContext:
+def _io_context(
+    env: RunEnv, asset: AssetDefinition[..., Any], key: str | None, run_id: str, **extra: Any
+) -> IOContext:
     return IOContext(
         asset=asset.name,
         partition_key=key,
@@ -165,30 +196,77 @@ def _io_context(env: RunEnv, asset: AssetDefinition[..., Any], key: str | None, 
         tenant=env.tenant,
         run_id=run_id,
         config=asset.io_config,
+        **extra,
     )
 
 
-def _load(
+def _emit_io(
+    env: RunEnv, type_: str, run_id: str, ctx: IOContext, manager: str, t0: float, **data: Any
+) -> None:
+    if env.events.has_subscribers:
+        env.events.emit(
+            Event(
+                type_,
+                utcnow(),
+                run_id,
+                ctx.asset,
+                ctx.partition_key,
+                {"io_manager": manager, "duration_ms": round((time.perf_counter() - t0) * 1000, 3), **data},
+            )
+        )
+
+
+def _load_group(
     env: RunEnv,
-    manager: IOManager,
     asset: AssetDefinition[..., Any],
     dep: AssetDefinition[..., Any],
-    key: str | None,
+    keys: Any,
+    many: bool,
     run_id: str,
 ) -> Any:
+    """One input's value: a single partition, or ``{key: value}`` (or one combined table) for many."""
+    name = env.io_manager_name(dep)
+    manager = env.io_managers[name]
+    expected = env.param_types(asset).get(dep.name)
     try:
-        return manager.load(_io_context(env, dep, key, run_id))
+        load_many = getattr(manager, "load_many", None) if many else None
+        if load_many is not None and len(keys) > 1:
+            ctx = _io_context(env, dep, None, run_id, expected_type=expected, consumer=asset.name)
+            t0 = time.perf_counter()
+            value = load_many(ctx, list(keys))
+            _emit_io(
+                env,
+                IO_LOADED,
+                run_id,
+                ctx,
+                name,
+                t0,
+                consumer=asset.name,
+                partitions=len(keys),
+                **ctx.observed,
+            )
+            return value
+        element = element_annotation(expected) if many else expected
+        values = {}
+        for key in keys:
+            ctx = _io_context(env, dep, key, run_id, expected_type=element, consumer=asset.name)
+            t0 = time.perf_counter()
+            values[key] = manager.load(ctx)
+            _emit_io(env, IO_LOADED, run_id, ctx, name, t0, consumer=asset.name, **ctx.observed)
     except FlowStoneError:
         raise
     except Exception as exc:
         raise IOManagerError(
             f"loading '{dep.name}' for asset '{asset.name}' failed: {exc}",
-            context={"asset": asset.name, "upstream": dep.name, "partition": key},
+            context={"asset": asset.name, "upstream": dep.name},
             original=exc,
         ) from exc
+    if many:
+        return values
+    return next(iter(values.values()), None)  # one key, or none when a missing partition is skipped
 
 
-def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
+def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _Computed:
     started_at = utcnow()
     t0 = time.perf_counter()
     asset = env.pipeline.assets[step.asset]
@@ -197,12 +275,7 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
         inputs: dict[str, Any] = {}
         for group in step.groups:
             dep = env.pipeline.assets[group.asset]
-            manager = env.io_managers[env.io_manager_name(dep)]
-            values = {key: _load(env, manager, asset, dep, key, run_id) for key in group.keys}
-            if group.many:
-                inputs[group.asset] = values
-            else:  # one key, or none when a missing partition is skipped
-                inputs[group.asset] = next(iter(values.values()), None)
+            inputs[group.asset] = _load_group(env, asset, dep, group.keys, group.many, run_id)
         context = Context(
             asset_name=asset.name,
             partition_key=step.partition_key,
@@ -221,9 +294,31 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str) -> _Computed:
             data_version = None if result.data_version is None else str(result.data_version)
             result = result.value
         stage = "store"
-        manager = env.io_managers[env.io_manager_name(asset)]
+        manager_name = env.io_manager_name(asset)
+        manager = env.io_managers[manager_name]
+        ctx = _io_context(
+            env,
+            asset,
+            step.partition_key,
+            run_id,
+            materialization_id=step_io.materialization_id,
+            data_version=data_version,
+            code_version=asset.code_version,
+            upstream=step_io.upstream,
+        )
         try:
-            stored = manager.store(_io_context(env, asset, step.partition_key, run_id), result)
+            store_t0 = time.perf_counter()
+            stored = manager.store(ctx, result)
+            _emit_io(
+                env,
+                IO_STORED,
+                run_id,
+                ctx,
+                manager_name,
+                store_t0,
+                size_bytes=stored.size_bytes if stored else None,
+                row_count=stored.row_count if stored else None,
+            )
         except FlowStoneError:
             raise
         except Exception as exc:
@@ -277,6 +372,7 @@ class _Run:
             key: StepResult(s.asset, s.partition_key, StepStatus.PENDING) for key, s in keyed
         }
         self.mat_ids: dict[StepKey, str] = dict(plan.existing)
+        self.pending_mat_ids: dict[StepKey, str] = {}
         self.data_versions: dict[StepKey, str | None] = {}
         self.children: dict[StepKey, list[StepKey]] = {key: [] for key, _ in keyed}
         self.waiting: dict[StepKey, int] = {}
@@ -317,6 +413,12 @@ class _Run:
             ],
             backfill_id=env.backfill_id,
         )
+        if self.plan.existing:  # the versions of inputs read but not recomputed, for provenance
+            versions = env.store.data_versions(
+                tenant=env.tenant, materialization_ids=self.plan.existing.values()
+            )
+            for key, mat_id in self.plan.existing.items():
+                self.data_versions[key] = versions.get(mat_id)
         self.emit(RUN_STARTED, steps=len(self.plan.steps))
         self.writer = env.store.run_writer(self.run_id)
         try:
@@ -360,7 +462,7 @@ class _Run:
                     self._blocked(key, *blocked)
                     continue
                 self._start(key)
-                task = functools.partial(_compute, self.env, self.steps[key], self.run_id)
+                task = functools.partial(_compute, self.env, self.steps[key], self.run_id, self._step_io(key))
                 inflight[self.executor.submit(task)] = key
             self._writer.maybe_flush()
             if not inflight:
@@ -422,11 +524,20 @@ class _Run:
         event = self.emit(STEP_STARTED, key)
         self._writer.start_step(tenant=self.env.tenant, step_id=self.step_ids[key], attempt=1, event=event)
 
+    def _step_io(self, key: StepKey) -> _StepIO:
+        mat_id = new_id()
+        self.pending_mat_ids[key] = mat_id
+        upstream = tuple(
+            UpstreamVersion(i[0], i[1], self.mat_ids.get(i), self.data_versions.get(i))
+            for i in self.inputs[key]
+        )
+        return _StepIO(mat_id, upstream)
+
     def _materialization(self, key: StepKey, computed: _Computed, status: str) -> Materialization:
         asset = self.env.pipeline.assets[key[0]]
         stored = computed.stored
         error = computed.error
-        mat_id = new_id()
+        mat_id = self.pending_mat_ids.pop(key, None) or new_id()
         data_version = None
         if status == "success":
             data_version = computed.data_version or (stored.checksum if stored else None) or mat_id
@@ -447,7 +558,7 @@ class _Run:
             host=HOST,
             pid=os.getpid(),
             attempt=1,
-            metadata={**(dict(stored.extra) if stored else {}), **(computed.metadata or {})},
+            metadata={**(stored.as_metadata() if stored else {}), **(computed.metadata or {})},
             error_type=error.type if error else None,
             error_message=error.message if error else None,
             error_traceback=computed.traceback,

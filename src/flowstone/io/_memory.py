@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from flowstone._errors import ValueNotFound
@@ -11,6 +12,12 @@ from flowstone.io._base import IOContext, StoredValue
 
 class MemoryIOManager:
     """A dict keyed by (tenant, asset, partition). Values vanish with the process."""
+
+    @classmethod
+    def from_settings(cls, options: Mapping[str, Any], **_: Any) -> MemoryIOManager:
+        if options:
+            raise TypeError(f"the memory I/O manager takes no options, got {sorted(options)}")
+        return cls()
 
     def __init__(self) -> None:
         self._values: dict[tuple[str, str, str | None], Any] = {}

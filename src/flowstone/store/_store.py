@@ -533,6 +533,19 @@ class Store:
             ).first()
         return _materialization(row) if row is not None else None
 
+    def data_versions(self, *, tenant: str, materialization_ids: Iterable[str]) -> dict[str, str | None]:
+        """Data version per materialization id (those that exist), looked up in chunks."""
+        ids = sorted(set(materialization_ids))
+        c = t.materializations.c
+        found: dict[str, str | None] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(c.id, c.data_version).where(
+                    c.tenant_id == tenant, c.id.in_(ids[start : start + 500])
+                )
+                found.update({mat_id: version for mat_id, version in conn.execute(query)})
+        return found
+
     def materializations(
         self,
         *,
