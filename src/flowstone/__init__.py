@@ -59,7 +59,14 @@ from flowstone._records import (
 from flowstone.engine._backfill import BackfillResult
 from flowstone.engine._result import RunResult, StepResult
 from flowstone.engine._status import AssetStatus
-from flowstone.io import FilesystemIOManager, IOContext, IOManager, MemoryIOManager, StoredValue
+from flowstone.io import (
+    FilesystemIOManager,
+    IOContext,
+    IOManager,
+    MemoryIOManager,
+    StoredValue,
+    UpstreamVersion,
+)
 from flowstone.partitions import (
     DailyPartitions,
     DynamicPartitions,
@@ -138,6 +145,7 @@ __all__ = [
     "TimeWindow",
     "TimeWindowMapping",
     "TimeWindowPartitions",
+    "UpstreamVersion",
     "ValidationError",
     "ValueNotFound",
     "WeeklyPartitions",

@@ -22,6 +22,7 @@ from flowstone.io._base import IOManager
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from flowstone._catalog import CatalogReport
     from flowstone._records import BackfillRecord, RunRecord, StepRecord
     from flowstone.engine._backfill import BackfillResult
     from flowstone.engine._planner import Plan, Resolve
@@ -421,6 +422,16 @@ class FlowStone:
                 config=definition.io_config,
             )
         )
+
+    def rebuild_catalog(self, *, dry_run: bool = False, actor: str = "api") -> CatalogReport:
+        """Re-import the ``_asset.json`` sidecars of the filesystem I/O managers into the store.
+
+        For a lost or new metadata database: every value whose file still matches its sidecar
+        becomes a successful materialization again, with its lineage (see ``flowstone._catalog``).
+        """
+        from flowstone._catalog import rebuild_catalog
+
+        return rebuild_catalog(self, dry_run=dry_run, actor=actor)
 
     @property
     def io_manager_names(self) -> Sequence[str]:

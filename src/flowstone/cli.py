@@ -763,6 +763,33 @@ def partitions_list(state: _State, name: str) -> None:
         _console().print(key, markup=False)
 
 
+@main.group()
+def catalog() -> None:
+    """The record of stored values, kept beside them in _asset.json sidecars."""
+
+
+@catalog.command("rebuild")
+@click.option("--dry-run", is_flag=True, help="Report what would be imported without writing.")
+@_pass_state
+def catalog_rebuild(state: _State, dry_run: bool) -> None:
+    """Re-import the sidecars of the filesystem I/O managers into the metadata store.
+
+    For a lost or new store: values whose files still match their sidecar's checksum become
+    successful materializations again, with their lineage; the rest are listed as skipped."""
+    app = state.app()
+    report = app.rebuild_catalog(dry_run=dry_run, actor=f"user:{getpass.getuser()}")
+    out = _console()
+    for entry in report.entries:
+        if entry.outcome == "skipped":
+            out.print(f"skipped {entry.path}: {entry.reason}", markup=False)
+    verb = "would import" if dry_run else "imported"
+    out.print(
+        f"{verb} {report.imported} materialization(s); {report.known} already known; "
+        f"{report.skipped} skipped",
+        markup=False,
+    )
+
+
 @main.command()
 @click.option("--format", "fmt", type=click.Choice(["ascii", "mermaid"]), default="ascii", show_default=True)
 @_pass_state

@@ -23,6 +23,11 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
+def value_files(root: Path) -> list[Path]:
+    """Stored values, without their ``_asset.json`` sidecars."""
+    return [p for p in all_files(root) if not p.name.endswith("._asset.json")]
+
+
 # ---------------------------------------------------------------------- memory
 def test_memory_manager_round_trip() -> None:
     manager = fs.MemoryIOManager()
@@ -96,7 +101,8 @@ def test_filesystem_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> 
         manager.store(ctx("a", f"k{i}"), i)
         manager.store(ctx("a", f"k{i}"), i * 10)  # overwrite
     names = [p.name for p in all_files(tmp_path)]
-    assert len(names) == 5
+    assert len(names) == 10  # five values, five sidecars
+    assert sorted(p.name for p in value_files(tmp_path)) == [f"p=k{i}.pickle" for i in range(5)]
     assert not [n for n in names if n.startswith(".tmp")]
     assert [manager.load(ctx("a", f"k{i}")) for i in range(5)] == [0, 10, 20, 30, 40]
 
@@ -117,7 +123,7 @@ def test_failed_write_keeps_previous_value_and_no_temp_file(
     assert isinstance(info.value.original, OSError)
     monkeypatch.undo()
     assert manager.load(ctx()) == "old"
-    assert [p.name for p in all_files(tmp_path)] == ["value.pickle"]
+    assert [p.name for p in all_files(tmp_path)] == ["value._asset.json", "value.pickle"]
 
 
 def test_unpicklable_value_is_an_io_error(tmp_path: Path) -> None:
@@ -132,7 +138,7 @@ def test_corrupt_file_is_an_io_error(tmp_path: Path) -> None:
     manager = fs.FilesystemIOManager(tmp_path)
     manager.store(ctx(), 1)
     manager.path_for(ctx()).write_bytes(b"not a pickle")
-    with pytest.raises(fs.IOManagerError, match="cannot be unpickled") as info:
+    with pytest.raises(fs.IOManagerError, match="cannot be decoded as pickle") as info:
         manager.load(ctx())
     assert not isinstance(info.value, fs.ValueNotFound)
 
@@ -148,8 +154,8 @@ def test_filesystem_keys_stay_inside_the_asset_directory(tmp_path: Path, key: st
     path = manager.path_for(ctx("a", key)).resolve()
     assert path.parent == (root / "a").resolve()
     assert manager.load(ctx("a", key)) == key
-    files = all_files(tmp_path)
-    assert files == [path]  # nothing written anywhere else
+    assert value_files(tmp_path) == [path]  # nothing written anywhere else
+    assert manager.sidecar_for(path).parent == path.parent
 
 
 def test_filesystem_distinct_keys_do_not_collide(tmp_path: Path) -> None:
@@ -158,7 +164,7 @@ def test_filesystem_distinct_keys_do_not_collide(tmp_path: Path) -> None:
     for key in keys:
         manager.store(ctx("x", key), key)
     assert [manager.load(ctx("x", k)) for k in keys] == keys
-    assert len(all_files(tmp_path)) == len(keys)
+    assert len(value_files(tmp_path)) == len(keys)
     assert not manager.exists(ctx("x", None))
 
 

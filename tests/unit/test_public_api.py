@@ -8,7 +8,18 @@ import sys
 
 import flowstone as fs
 
-HEAVY = ["sqlalchemy.dialects.postgresql", "pyarrow", "fastapi", "procrastinate"]
+HEAVY = [
+    "sqlalchemy.dialects.postgresql",
+    "pyarrow",
+    "pandas",
+    "polars",
+    "fsspec",
+    "s3fs",
+    "duckdb",
+    "psycopg",
+    "fastapi",
+    "procrastinate",
+]
 
 
 def test_import_does_not_pull_heavy_dependencies() -> None:

@@ -40,6 +40,7 @@ from flowstone._records import (
     StepRecord,
     StepStatus,
 )
+from flowstone.io._base import UpstreamVersion
 from flowstone.store import _tables as t
 from flowstone.store._writer import RunWriter
 
@@ -545,6 +546,124 @@ class Store:
                 )
                 found.update({mat_id: version for mat_id, version in conn.execute(query)})
         return found
+
+    def import_materializations(
+        self,
+        *,
+        tenant: str,
+        materializations: Sequence[Materialization],
+        lineage: Sequence[tuple[str, UpstreamVersion]],
+        actor: str,
+        source: str,
+    ) -> list[str]:
+        """Record successful materializations found outside the store (``catalog rebuild``).
+
+        Ids already present are left alone; a partition's latest state moves to an imported
+        success only when it is newer than the success the store knows. One transaction, one
+        audit row. Returns the ids actually imported.
+        """
+        mats = {m.id: m for m in materializations}
+        if not mats:
+            return []
+        c = t.materializations.c
+        ap = t.asset_partitions.c
+        with self.engine.begin() as conn:
+            known: set[str] = set()
+            for chunk in _batches(sorted(mats), 500):
+                known.update(
+                    conn.execute(sa.select(c.id).where(c.tenant_id == tenant, c.id.in_(chunk))).scalars()
+                )
+            new = [m for m in sorted(mats.values(), key=lambda m: m.finished_at) if m.id not in known]
+            if not new:
+                return []
+            conn.execute(
+                t.materializations.insert(),
+                [
+                    {
+                        "id": m.id,
+                        "tenant_id": tenant,
+                        "run_id": m.run_id,
+                        "asset": m.asset,
+                        "partition_key": _key_in(m.partition_key),
+                        "status": "success",
+                        "started_at": m.started_at,
+                        "finished_at": m.finished_at,
+                        "duration_ms": m.duration_ms,
+                        "value_hash": m.value_hash,
+                        "value_size": m.value_size,
+                        "io_manager": m.io_manager,
+                        "code_version": m.code_version,
+                        "host": m.host,
+                        "pid": m.pid,
+                        "attempt": m.attempt,
+                        "metadata": dict(m.metadata),
+                        "data_version": m.data_version,
+                    }
+                    for m in new
+                ],
+            )
+            imported = {m.id for m in new}
+            links = [(mat_id, up) for mat_id, up in lineage if mat_id in imported and up.materialization_id]
+            if links:
+                conn.execute(
+                    t.lineage.insert(),
+                    [
+                        {
+                            "tenant_id": tenant,
+                            "materialization_id": mat_id,
+                            "asset": mats[mat_id].asset,
+                            "partition_key": _key_in(mats[mat_id].partition_key),
+                            "upstream_materialization_id": up.materialization_id,
+                            "upstream_asset": up.asset,
+                            "upstream_partition_key": _key_in(up.partition_key),
+                            "run_id": mats[mat_id].run_id,
+                            "created_at": mats[mat_id].finished_at,
+                            "upstream_data_version": up.data_version,
+                        }
+                        for mat_id, up in links
+                    ],
+                )
+            latest: dict[tuple[str, str], Materialization] = {}
+            for m in new:  # in finished_at order: the last one per partition wins
+                latest[(m.asset, _key_in(m.partition_key))] = m
+            for (asset, key), m in latest.items():
+                row = conn.execute(
+                    sa.select(ap.success_at).where(
+                        ap.tenant_id == tenant, ap.asset == asset, ap.partition_key == key
+                    )
+                ).first()
+                values = {
+                    "last_status": "success",
+                    "last_run_id": m.run_id,
+                    "last_materialization_id": m.id,
+                    "success_materialization_id": m.id,
+                    "success_at": m.finished_at,
+                    "updated_at": m.finished_at,
+                    "data_version": m.data_version,
+                    "code_version": m.code_version,
+                    "stale_since": None,
+                }
+                if row is None:
+                    conn.execute(
+                        t.asset_partitions.insert(),
+                        {"tenant_id": tenant, "asset": asset, "partition_key": key, **values},
+                    )
+                elif (_utc(row.success_at) or m.finished_at) <= m.finished_at:
+                    conn.execute(
+                        t.asset_partitions.update()
+                        .where(ap.tenant_id == tenant, ap.asset == asset, ap.partition_key == key)
+                        .values(**values)
+                    )
+            self._audit(
+                conn,
+                tenant=tenant,
+                actor=actor,
+                action="catalog.rebuild",
+                resource_type="catalog",
+                resource_id=source,
+                details={"imported": len(new), "already_known": len(known)},
+            )
+        return [m.id for m in new]
 
     def materializations(
         self,
