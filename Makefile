@@ -28,6 +28,7 @@ demo: $(VENV)/.stamp-dev
 	cd $(QUICKSTART) && $(FLOWSTONE) assets
 	cd $(QUICKSTART) && $(FLOWSTONE) lineage upstream daily_report --partition 2025-01-15
 	cd $(QUICKSTART) && $(FLOWSTONE) lineage impact user_profiles
+	cd $(QUICKSTART) && $(FLOWSTONE) catalog rebuild --dry-run
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check src tests benchmarks examples
@@ -45,6 +46,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python benchmarks/defload.py 10000
 	$(BIN)/python benchmarks/partitions.py 365
 	$(BIN)/python benchmarks/partition_scale.py
+	$(BIN)/python benchmarks/io.py 1000000
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART)/.flowstone .pytest_cache .mypy_cache .ruff_cache

@@ -60,10 +60,14 @@ from flowstone.engine._backfill import BackfillResult
 from flowstone.engine._result import RunResult, StepResult
 from flowstone.engine._status import AssetStatus
 from flowstone.io import (
+    DuckDBIOManager,
     FilesystemIOManager,
     IOContext,
     IOManager,
     MemoryIOManager,
+    ObjectStoreIOManager,
+    ParquetIOManager,
+    PostgresIOManager,
     StoredValue,
     UpstreamVersion,
 )
@@ -102,6 +106,7 @@ __all__ = [
     "DependencyFailed",
     "DependencyNotReady",
     "DimensionMapping",
+    "DuckDBIOManager",
     "DynamicPartitions",
     "Event",
     "ExecutionError",
@@ -122,12 +127,15 @@ __all__ = [
     "MonthlyPartitions",
     "MultiPartitionKey",
     "MultiPartitions",
+    "ObjectStoreIOManager",
     "Output",
+    "ParquetIOManager",
     "PartitionMapping",
     "PartitionStatus",
     "PartitionsDefinition",
     "Pipeline",
     "PipelineInvalid",
+    "PostgresIOManager",
     "Problem",
     "ResourceUnavailable",
     "Rollup",

@@ -278,7 +278,11 @@ def test_materialization_fields(make_app: MakeApp, tmp_path: Path) -> None:
     assert (right.value_hash, right.value_size, right.code_version) == (None, None, None)
 
     bottom = mats["bottom"]
-    assert bottom.metadata == {"total": (2 + 4 + 6) + (2 + 3 + 4)}
+    # the asset's own metadata, beside where the filesystem manager put the value
+    assert bottom.metadata == {
+        "total": (2 + 4 + 6) + (2 + 3 + 4),
+        "path": str(app.io_managers["filesystem"].path_for(fs.IOContext(asset="bottom", partition_key=None))),
+    }
     assert app.load("bottom") == 21
 
     # What the run wrote reads back exactly as the run saw it (timestamps included).

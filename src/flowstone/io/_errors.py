@@ -4,6 +4,12 @@ Transient (retryable): lost or refused connections, timeouts, disk full, HTTP 5x
 database connection errors, lock contention. Permanent: permissions, read-only file systems,
 missing buckets, 4xx, bad values and SQL the database rejects. Anything unknown is permanent: a
 retry that cannot help only hides the cause for longer.
+
+Object stores reach us twice wrapped: s3fs turns botocore's ``ClientError`` into an ``OSError``
+(``PermissionError`` for 403, ``FileNotFoundError`` for 404 and ``NoSuchBucket``, ``OSError(EBUSY)``
+for 503/SlowDown, ``OSError(EIO)`` for any code it does not know) with the ``ClientError`` as
+``__cause__``. A generic ``EIO`` therefore does not decide alone: an HTTP status further down the
+chain wins (a 400 wrapped in ``EIO`` is permanent), and only without one is ``EIO`` transient.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ _TRANSIENT_ERRNOS = {
     errno.ENETDOWN,
     errno.ESTALE,
 }
+# Errnos that only say "something failed below": look further down the chain for an HTTP status.
+_GENERIC_ERRNOS = {errno.EIO, getattr(errno, "EREMOTEIO", errno.EIO)}
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR}
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -40,6 +48,10 @@ _TRANSIENT_CODES = {
     "RequestTimeTooSkewed",
     "InternalError",
     "ServiceUnavailable",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "OperationAborted",  # S3: "a conflicting conditional operation is in progress; try again"
     "503",
     "500",
 }
@@ -105,15 +117,20 @@ def _error_code(exc: BaseException) -> str | None:
 
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same operation later may succeed."""
+    generic = False  # saw an EIO-like error: transient unless an HTTP status below says otherwise
     for current in _chain(exc):
         if isinstance(current, FlowStoneError):
             return current.retryable
+        code = _error_code(current)
+        if code in _TRANSIENT_CODES:
+            return True
         status = _http_status(current)
         if status is not None:
             return status >= 500 or status in (408, 429)
-        code = _error_code(current)
         if code is not None:
-            return code in _TRANSIENT_CODES
+            return False
+        if generic:
+            continue
         name = type(current).__name__
         if name in _PERMANENT_NAMES:
             return False
@@ -122,11 +139,25 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, (ConnectionError, TimeoutError)):
             return True
         if isinstance(current, OSError) and current.errno is not None:
-            if current.errno in _TRANSIENT_ERRNOS:
+            if current.errno in _GENERIC_ERRNOS:
+                generic = True
+            elif current.errno in _TRANSIENT_ERRNOS:
                 return True
-            if current.errno in _PERMANENT_ERRNOS:
+            elif current.errno in _PERMANENT_ERRNOS:
                 return False
-    return False
+    return generic
+
+
+def is_missing_bucket(exc: BaseException) -> bool:
+    """True when ``exc`` says the bucket itself does not exist (not just the object).
+
+    s3fs reports both as ``FileNotFoundError``; only the ``NoSuchBucket`` code underneath tells a
+    misconfigured bucket (permanent, worth a loud error) from a value never stored.
+    """
+    return any(
+        _error_code(current) == "NoSuchBucket" or type(current).__name__ == "NoSuchBucket"
+        for current in _chain(exc)
+    )
 
 
 def io_error(

@@ -46,7 +46,7 @@ BUILTINS: dict[str, Builtin] = {
             "s3",
             ("fsspec", "s3fs"),
         ),
-        Builtin("postgres", "flowstone.io._postgres:PostgresIOManager", "postgres", ("psycopg",)),
+        Builtin("postgres", "flowstone.io._postgres:PostgresIOManager", "postgres", ("psycopg", "pyarrow")),
         Builtin("duckdb", "flowstone.io._duckdb:DuckDBIOManager", "duckdb", ("duckdb", "pyarrow")),
     )
 }
