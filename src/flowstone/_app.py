@@ -210,19 +210,24 @@ class FlowStone:
     ) -> RunResult:
         """Run a plan made by :meth:`plan` (what ``materialize`` does after planning)."""
         from flowstone.engine._runner import RunEnv, execute_plan
+        from flowstone.resources._runtime import RunResources
 
+        resources = RunResources(self.resources, events=self.events)
         env = RunEnv(
             self.pipeline,
             self.store,
             self.tenant,
             self.io_managers,
-            self.resources,
+            resources,
             self.events,
             plan.resolve or self.resolver(),
             cancelled=cancelled,
             backfill_id=backfill_id,
         )
-        return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
+        try:
+            return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
+        finally:
+            resources.teardown()
 
     def backfill(
         self,

@@ -276,6 +276,9 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
         for group in step.groups:
             dep = env.pipeline.assets[group.asset]
             inputs[group.asset] = _load_group(env, asset, dep, group.keys, group.many, run_id)
+        stage = "resources"
+        for name in asset.requires:  # set up now: a failing resource fails only the steps needing it
+            env.resources[name]
         context = Context(
             asset_name=asset.name,
             partition_key=step.partition_key,
