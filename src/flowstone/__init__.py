@@ -56,6 +56,7 @@ from flowstone._records import (
     StepRecord,
     StepStatus,
 )
+from flowstone._retry import Retry, RetryPolicy
 from flowstone.engine._backfill import BackfillResult
 from flowstone.engine._result import RunResult, StepResult
 from flowstone.engine._status import AssetStatus
@@ -138,6 +139,8 @@ __all__ = [
     "PostgresIOManager",
     "Problem",
     "ResourceUnavailable",
+    "Retry",
+    "RetryPolicy",
     "Rollup",
     "RunRecord",
     "RunResult",

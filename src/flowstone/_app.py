@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowstone._assets import AssetDefinition
+from flowstone._clock import Clock, SystemClock
 from flowstone._errors import ConfigurationError, FlowStoneError, ValidationError
 from flowstone._events import EventBus
 from flowstone._lineage import Lineage
@@ -39,9 +40,11 @@ class FlowStone:
 
     ``store`` is a database URL (``sqlite:///path.db``, ``postgresql://...``), a SQLAlchemy
     engine or a ``Store``; by default ``.flowstone/flowstone.db`` under the current directory.
-    ``io_managers`` adds or replaces named I/O managers. The built-in ones (``filesystem``, the
-    default, ``memory``, ``parquet``, ``object_store``, ``postgres``, ``duckdb``) are created with
-    their defaults when an asset names one that is not bound.
+    ``clock`` is what retry delays (and later timeouts and schedules) wait on; tests pass a
+    ``flowstone.testing.FakeClock``. ``io_managers`` adds or replaces named I/O managers. The
+    built-in ones (``filesystem``, the default, ``memory``, ``parquet``, ``object_store``,
+    ``postgres``, ``duckdb``) are created with their defaults when an asset names one that is not
+    bound.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class FlowStone:
         resources: Mapping[str, Any] | None = None,
         tenant: str = "default",
         storage_dir: str | Path | None = None,
+        clock: Clock | None = None,
     ) -> None:
         from flowstone.io._filesystem import FilesystemIOManager
         from flowstone.io._memory import MemoryIOManager
@@ -66,6 +70,7 @@ class FlowStone:
         pipeline.validate(io_managers=overrides, resources=list(self.resources))
         self.pipeline = pipeline
         self.tenant = tenant
+        self.clock: Clock = clock or SystemClock()
         if store is None:
             store = "sqlite:///" + str(Path(DEFAULT_STORE).resolve())
         self.store = Store.open(store)
@@ -223,6 +228,7 @@ class FlowStone:
             plan.resolve or self.resolver(),
             cancelled=cancelled,
             backfill_id=backfill_id,
+            clock=self.clock,
         )
         try:
             return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)

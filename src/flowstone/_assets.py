@@ -19,6 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from flowstone._durations import parse_duration
 from flowstone._errors import DefinitionError
 from flowstone._mappings import In
+from flowstone._retry import RetryPolicy
 from flowstone.partitions import PartitionsDefinition
 
 P = ParamSpec("P")
@@ -69,6 +70,7 @@ class AssetDefinition(Generic[P, R]):
     partitioned_by: PartitionsDefinition | None = None
     timeout: float | None = None
     ins: Mapping[str, In] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
     location: str = "<unknown>"
     # Parameter name -> dependency name, for the values passed to ``fn``; ``**kwargs`` gets the rest.
     params: tuple[str, ...] = ()
@@ -162,6 +164,7 @@ def build_asset(
     partitioned_by: PartitionsDefinition | None = None,
     timeout: str | float | timedelta | None = None,
     ins: Mapping[str, In] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> AssetDefinition[P, R]:
     """Check one decorator's options against its function and build the definition."""
     location = location_of(fn)
@@ -215,6 +218,13 @@ def build_asset(
             timeout_s = parse_duration(timeout)
         except ValueError as exc:
             raise _fail(f"timeout: {exc}", asset=asset_name, location=location) from None
+
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise _fail(
+            f"retry must be fs.RetryPolicy(...), got {type(retry).__name__}",
+            asset=asset_name,
+            location=location,
+        )
 
     params, var_kwargs, required = _signature(fn, asset=asset_name, location=location)
     if depends_on is None:
@@ -277,6 +287,7 @@ def build_asset(
         partitioned_by=partitioned_by,
         timeout=timeout_s,
         ins=dict(ins or {}),
+        retry=retry,
         location=location,
         params=tuple(p for p in params if p in deps),
         takes_var_kwargs=var_kwargs,

@@ -22,6 +22,21 @@ STEP_STARTED = "step.started"
 STEP_SUCCEEDED = "step.succeeded"
 STEP_FAILED = "step.failed"
 STEP_SKIPPED = "step.skipped"
+# An attempt failed with a retryable error and the step will run again after ``delay_s``
+# (data: attempt, delay_s, error).
+STEP_RETRYING = "step.retrying"
+# Any error recorded on a step (data: the error's to_dict()), beside step.failed / step.retrying.
+ERROR = "error"
+RESOURCE_SETUP = "resource.setup"
+RESOURCE_TEARDOWN = "resource.teardown"
+RESOURCE_HEALTH = "resource.health"
+CHECKPOINT_REQUESTED = "checkpoint.requested"
+CHECKPOINT_APPROVED = "checkpoint.approved"
+CHECKPOINT_REJECTED = "checkpoint.rejected"
+CHECKPOINT_TIMED_OUT = "checkpoint.timed_out"
+SCHEDULE_TICK = "schedule.tick"
+SENSOR_POLL = "sensor.poll"
+SENSOR_TRIGGERED = "sensor.triggered"
 # Emitted by the engine around each I/O manager call, with duration_ms and, when known,
 # size_bytes and row_count (not written to the store: they feed metrics and logs).
 IO_LOADED = "io.loaded"

@@ -27,6 +27,7 @@ from flowstone._assets import AssetDefinition, build_asset
 from flowstone._errors import ConfigurationError, PipelineInvalid, Problem
 from flowstone._graph import AssetGraph, unknown_asset
 from flowstone._mappings import In, default_mapping
+from flowstone._retry import RetryPolicy
 from flowstone.io._registry import BUILTINS, builtin_class, missing_modules
 from flowstone.partitions import PartitionsDefinition
 
@@ -35,7 +36,8 @@ R = TypeVar("R")
 
 
 class Pipeline:
-    """A named registry of assets. ``io_managers`` adds named I/O manager instances."""
+    """A named registry of assets. ``io_managers`` adds named I/O manager instances;
+    ``retry_policy`` is the retry policy of every asset that has none of its own."""
 
     def __init__(
         self,
@@ -43,7 +45,11 @@ class Pipeline:
         *,
         io_managers: Mapping[str, Any] | None = None,
         default_io_manager: str = "filesystem",
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be fs.RetryPolicy(...), got {type(retry_policy).__name__}")
+        self.retry_policy = retry_policy
         if not isinstance(name, str) or not name.replace("-", "_").isidentifier():
             raise ValueError(f"pipeline name {name!r} must be an identifier (dashes allowed)")
         self.name = name
@@ -78,6 +84,7 @@ class Pipeline:
         partitioned_by: PartitionsDefinition | None = None,
         timeout: str | float | timedelta | None = None,
         ins: Mapping[str, In] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Callable[[Callable[P, R]], AssetDefinition[P, R]]: ...
 
     def asset(

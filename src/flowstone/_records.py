@@ -11,6 +11,7 @@ from typing import Any
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ABANDONED = "abandoned"
@@ -27,6 +28,7 @@ class RunStatus(enum.StrEnum):
 class StepStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -200,6 +202,7 @@ class PartitionStatus:
 class BackfillStatus(enum.StrEnum):
     REQUESTED = "requested"
     RUNNING = "running"
+    RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -43,6 +43,7 @@ STATUS_STYLE = {
     "success": "green",
     "failed": "red",
     "running": "yellow",
+    "retrying": "yellow",
     "pending": "dim",
     "skipped": "magenta",
     "abandoned": "red",
@@ -407,7 +408,7 @@ def run_show(state: _State, run_id: str) -> None:
     if record.error:
         out.print(f"[red]{escape(record.error)}[/red]")
     table = Table()
-    for col in ("#", "asset", "partition", "status", "duration", "materialization", "detail"):
+    for col in ("#", "asset", "partition", "status", "attempts", "duration", "materialization", "detail"):
         table.add_column(col)
     for step in steps:
         detail = step.reason or (f"[{step.error_type}] {step.error_message}" if step.error_type else "")
@@ -416,15 +417,30 @@ def run_show(state: _State, run_id: str) -> None:
             step.asset,
             escape(step.partition_key or "-"),
             _status(step.status.value),
+            str(step.attempt),
             _ms(step.duration_ms),
             (step.materialization_id or "-")[:12],
             escape(detail),
         )
     out.print(table)
+    mats = app.store.materializations(tenant=app.tenant, run_id=record.id, limit=100_000)
+    retried = sorted(
+        (m for m in mats if "retry_delay_s" in m.metadata),
+        key=lambda m: (m.asset, m.partition_key or "", m.attempt),
+    )
+    if retried:
+        out.print("retried attempts:")
+        for mat in retried:
+            where = f"{mat.asset} [{mat.partition_key}]" if mat.partition_key else mat.asset
+            out.print(
+                f"  {where} attempt {mat.attempt}: [{mat.error_type}] {mat.error_message} "
+                f"-> retried after {mat.metadata['retry_delay_s']:g} s",
+                markup=False,
+            )
     if state.verbose:
-        for mat in app.store.materializations(tenant=app.tenant, run_id=record.id, limit=10_000):
+        for mat in sorted(mats, key=lambda m: m.finished_at):
             if mat.error_traceback:
-                out.print(f"--- {mat.asset} traceback ---", markup=False)
+                out.print(f"--- {mat.asset} attempt {mat.attempt} traceback ---", markup=False)
                 out.print(mat.error_traceback, markup=False)
 
 

@@ -672,7 +672,9 @@ def test_events_are_emitted_in_order(pipeline: fs.Pipeline, make_app: AppFactory
     unsubscribe = app.events.subscribe(received.append)
     run = app.materialize("c")
     io_events = [e for e in received if e.type.startswith("io.")]
-    events = [e for e in received if not e.type.startswith("io.")]
+    errors = [e for e in received if e.type == "error"]
+    events = [e for e in received if not e.type.startswith("io.") and e.type != "error"]
+    assert [(e.asset, e.data["error"]["type"]) for e in errors] == [("b", "execution_error")]
     assert [(e.type, e.asset) for e in events] == [
         ("run.started", None),
         ("step.started", "a"),

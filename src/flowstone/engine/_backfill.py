@@ -24,6 +24,7 @@ from flowstone._errors import ValidationError
 from flowstone._events import (
     RUN_FINISHED,
     STEP_FAILED,
+    STEP_RETRYING,
     STEP_SKIPPED,
     STEP_STARTED,
     STEP_SUCCEEDED,
@@ -143,6 +144,7 @@ class _Progress:
             STEP_SUCCEEDED: ("running", "succeeded"),
             STEP_FAILED: ("running", "failed"),
             STEP_SKIPPED: ("queued", "skipped"),
+            STEP_RETRYING: ("running", "queued"),
         }
         if event.type not in moves:
             return

@@ -22,6 +22,7 @@ class StepResult:
     error: FlowStoneError | None = None
     reason: str | None = None
     duration_ms: float | None = None
+    attempts: int = 1
     _value: Any = field(default=_NOT_KEPT, repr=False)
 
     @property

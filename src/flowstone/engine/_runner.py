@@ -10,7 +10,9 @@ recorded, so the step simply runs again.
 from __future__ import annotations
 
 import functools
+import heapq
 import inspect
+import itertools
 import os
 import threading
 import time
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flowstone._assets import AssetDefinition, Output
+from flowstone._clock import Clock, SystemClock
 from flowstone._context import Context, Resources
 from flowstone._errors import (
     DependencyFailed,
@@ -34,11 +37,13 @@ from flowstone._errors import (
     format_traceback,
 )
 from flowstone._events import (
+    ERROR,
     IO_LOADED,
     IO_STORED,
     RUN_FINISHED,
     RUN_STARTED,
     STEP_FAILED,
+    STEP_RETRYING,
     STEP_SKIPPED,
     STEP_STARTED,
     STEP_SUCCEEDED,
@@ -48,6 +53,7 @@ from flowstone._events import (
 from flowstone._ids import new_id
 from flowstone._pipeline import Pipeline
 from flowstone._records import Materialization, RunStatus, StepStatus
+from flowstone._retry import RetryPolicy, next_delay
 from flowstone.engine._planner import Plan, PlannedStep, Resolve, StepKey, typed_partition
 from flowstone.engine._result import _NOT_KEPT, RunResult, StepResult, StepResults
 from flowstone.io._base import IOContext, IOManager, StoredValue, UpstreamVersion
@@ -118,10 +124,14 @@ class RunEnv:
     # Called between steps (at most every CANCEL_CHECK_EVERY_S): True stops starting new steps.
     cancelled: Callable[[], bool] | None = None
     backfill_id: str | None = None
+    clock: Clock = field(default_factory=SystemClock)
     _param_types: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
         return asset.io_manager or self.pipeline.default_io_manager
+
+    def retry_policy(self, asset: AssetDefinition[..., Any]) -> RetryPolicy | None:
+        return asset.retry or self.pipeline.retry_policy
 
     def param_types(self, asset: AssetDefinition[..., Any]) -> Mapping[str, Any]:
         """The asset function's parameter annotations (strings when they cannot be resolved)."""
@@ -348,11 +358,13 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
             traceback=format_traceback(err.original or err),
         )
     except Exception as exc:
+        policy = env.retry_policy(asset)
         error = ExecutionError(
             f"asset '{asset.name}' raised {type(exc).__name__}: {exc}"
             if stage == "execute"
             else f"asset '{asset.name}' failed while {stage}ing: {exc}",
             context={"asset": asset.name, "partition": step.partition_key, "location": asset.location},
+            retryable=policy is not None and policy.marks_retryable(exc),
             original=exc,
         )
         return _Computed(
@@ -387,6 +399,10 @@ class _Run:
         self.writer: RunWriter | None = None
         self.cancelled = False
         self.last_cancel_check = float("-inf")
+        self.attempts: dict[StepKey, int] = {}
+        # Steps waiting out a retry delay: (due on the clock's monotonic time, order, key).
+        self.delayed: list[tuple[float, int, StepKey]] = []
+        self._order = itertools.count()
 
     def emit(self, type_: str, key: StepKey | None = None, **data: Any) -> Event:
         event = Event(type_, utcnow(), self.run_id, key[0] if key else None, key[1] if key else None, data)
@@ -454,8 +470,13 @@ class _Run:
     def _loop(self) -> None:
         ready = deque(key for key in self.steps if self.waiting[key] == 0)
         inflight: dict[Future[Any], StepKey] = {}
-        while ready or inflight:
-            if ready and self._cancel_requested():
+        clock = self.env.clock
+        while ready or inflight or self.delayed:
+            due: list[StepKey] = []
+            while self.delayed and self.delayed[0][0] <= clock.monotonic():
+                due.append(heapq.heappop(self.delayed)[2])
+            ready.extendleft(reversed(due))  # a retry goes before steps that have not started
+            if (ready or self.delayed) and self._cancel_requested():
                 self._cancel_pending()
                 ready.clear()
             while ready and len(inflight) < self.executor.capacity:
@@ -469,9 +490,15 @@ class _Run:
                 inflight[self.executor.submit(task)] = key
             self._writer.maybe_flush()
             if not inflight:
+                if self.delayed and not ready:
+                    self._writer.flush()  # the retrying state is visible while the run waits
+                    clock.sleep(max(0.0, self.delayed[0][0] - clock.monotonic()))
                 continue
             # The serial executor hands back finished futures: no need to wait on them.
-            done = [f for f in inflight if f.done()] or wait(list(inflight), return_when=FIRST_COMPLETED)[0]
+            timeout = max(0.0, self.delayed[0][0] - clock.monotonic()) if self.delayed else None
+            done = [f for f in inflight if f.done()] or wait(
+                list(inflight), timeout=timeout, return_when=FIRST_COMPLETED
+            )[0]
             for future in done:
                 key = inflight.pop(future)
                 computed: _Computed = future.result()
@@ -485,15 +512,41 @@ class _Run:
                     # Front of the queue, in plan order: a downstream partition starts as soon as
                     # its own upstream partitions are done, not after the whole upstream.
                     ready.extendleft(reversed(unblocked))
-                else:
+                elif not self._retry(key, computed):
                     self._failed(key, computed)
         self._writer.flush()
+
+    def _retry(self, key: StepKey, computed: _Computed) -> bool:
+        """Schedule another attempt when the error and the retry policy allow one."""
+        error = computed.error
+        assert error is not None
+        attempt = self.attempts.get(key, 1)
+        delay = next_delay(self.env.retry_policy(self.env.pipeline.assets[key[0]]), error, attempt)
+        if delay is None or self.cancelled:
+            return False
+        event = self.emit(STEP_RETRYING, key, attempt=attempt, delay_s=round(delay, 3), error=error.to_dict())
+        self._emit_error(key, error)
+        mat = self._materialization(key, computed, "failed", retry_delay=delay)
+        self._writer.retry_step(
+            tenant=self.env.tenant, outcome=StepOutcome(self.step_ids[key], mat, (), event)
+        )
+        result = self.results[key]
+        result.status = StepStatus.RETRYING
+        result.error = error
+        result.attempts = attempt + 1
+        self.attempts[key] = attempt + 1
+        heapq.heappush(self.delayed, (self.env.clock.monotonic() + delay, next(self._order), key))
+        return True
+
+    def _emit_error(self, key: StepKey, error: FlowStoneError) -> None:
+        if self.env.events.has_subscribers:
+            self.emit(ERROR, key, error=error.to_dict())
 
     def _cancel_requested(self) -> bool:
         check = self.env.cancelled
         if check is None or self.cancelled:
             return self.cancelled
-        now = time.monotonic()
+        now = self.env.clock.monotonic()
         if now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
             self.last_cancel_check = now
             self.cancelled = bool(check())
@@ -503,6 +556,9 @@ class _Run:
         """Stop starting steps: every step not started yet is skipped; running ones finish."""
         pending = [k for k, r in self.results.items() if r.status is StepStatus.PENDING]
         self._skip(pending, "cancelled before it started", "cancelled", None)
+        waiting = [k for k, r in self.results.items() if r.status is StepStatus.RETRYING]
+        self.delayed.clear()
+        self._skip(waiting, "cancelled while waiting to retry", "cancelled", None)
 
     def _blocked(self, key: StepKey, policy: str, reason: str) -> None:
         error = DependencyNotReady(
@@ -524,8 +580,11 @@ class _Run:
 
     def _start(self, key: StepKey) -> None:
         self.results[key].status = StepStatus.RUNNING
-        event = self.emit(STEP_STARTED, key)
-        self._writer.start_step(tenant=self.env.tenant, step_id=self.step_ids[key], attempt=1, event=event)
+        attempt = self.attempts.get(key, 1)
+        event = self.emit(STEP_STARTED, key, attempt=attempt) if attempt > 1 else self.emit(STEP_STARTED, key)
+        self._writer.start_step(
+            tenant=self.env.tenant, step_id=self.step_ids[key], attempt=attempt, event=event
+        )
 
     def _step_io(self, key: StepKey) -> _StepIO:
         mat_id = new_id()
@@ -536,7 +595,9 @@ class _Run:
         )
         return _StepIO(mat_id, upstream)
 
-    def _materialization(self, key: StepKey, computed: _Computed, status: str) -> Materialization:
+    def _materialization(
+        self, key: StepKey, computed: _Computed, status: str, *, retry_delay: float | None = None
+    ) -> Materialization:
         asset = self.env.pipeline.assets[key[0]]
         stored = computed.stored
         error = computed.error
@@ -560,8 +621,12 @@ class _Run:
             code_version=asset.code_version,
             host=HOST,
             pid=os.getpid(),
-            attempt=1,
-            metadata={**(stored.as_metadata() if stored else {}), **(computed.metadata or {})},
+            attempt=self.attempts.get(key, 1),
+            metadata={
+                **(stored.as_metadata() if stored else {}),
+                **(computed.metadata or {}),
+                **({"retry_delay_s": round(retry_delay, 3)} if retry_delay is not None else {}),
+            },
             error_type=error.type if error else None,
             error_message=error.message if error else None,
             error_traceback=computed.traceback,
@@ -598,6 +663,7 @@ class _Run:
 
     def _failed(self, key: StepKey, computed: _Computed) -> None:
         assert computed.error is not None
+        self._emit_error(key, computed.error)
         self._record(key, computed, self.emit(STEP_FAILED, key, error=computed.error.to_dict()))
         self._skip_downstream(key)
 

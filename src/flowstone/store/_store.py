@@ -315,7 +315,9 @@ class Store:
             t.run_steps.update()
             .where(
                 t.run_steps.c.run_id == run_id,
-                t.run_steps.c.status.in_([StepStatus.PENDING.value, StepStatus.RUNNING.value]),
+                t.run_steps.c.status.in_(
+                    [StepStatus.PENDING.value, StepStatus.RUNNING.value, StepStatus.RETRYING.value]
+                ),
             )
             .values(status=StepStatus.ABANDONED.value, reason=reason, finished_at=now)
         )

@@ -127,10 +127,23 @@ def _statements(dialect_name: str) -> dict[str, Any]:
             error_type=sa.bindparam("error_type"),
             error_message=sa.bindparam("error_message"),
         ),
+        # A failed attempt that will be retried: the step waits, still on that attempt.
+        "retry_step": steps.update()
+        .where(steps.c.id == sa.bindparam("step_id"), steps.c.attempt == sa.bindparam("attempt"))
+        .values(
+            status=sa.bindparam("status"),
+            error_type=sa.bindparam("error_type"),
+            error_message=sa.bindparam("error_message"),
+        ),
         "skip_step": steps.update()
         .where(
             steps.c.id == sa.bindparam("step_id"),
-            steps.c.status == sa.literal_column(f"'{StepStatus.PENDING.value}'"),
+            steps.c.status.in_(
+                [
+                    sa.literal_column(f"'{StepStatus.PENDING.value}'"),
+                    sa.literal_column(f"'{StepStatus.RETRYING.value}'"),
+                ]
+            ),
         )
         .values(
             status=sa.bindparam("status"),
@@ -170,6 +183,7 @@ _FLUSH_ORDER = (
     "start_step",
     "materialization",
     "lineage",
+    "retry_step",
     "finish_step",
     "skip_step",
     "upsert_partition",
@@ -357,6 +371,56 @@ class RunWriter:
         }
         self._write([("start_step", start), ("event", [self._event(tenant, event)])])
 
+    def retry_step(self, *, tenant: str, outcome: StepOutcome) -> None:
+        """A failed attempt that will be tried again: its materialization and the step.retrying
+        event are recorded, the step waits as ``retrying``; the partition's state is left to the
+        attempt that ends the step."""
+        mat = outcome.materialization
+        self._write(
+            [
+                ("materialization", self._materialization_row(tenant, outcome)),
+                (
+                    "retry_step",
+                    {
+                        "step_id": outcome.step_id,
+                        "attempt": mat.attempt,
+                        "status": StepStatus.RETRYING.value,
+                        "error_type": mat.error_type,
+                        "error_message": mat.error_message,
+                    },
+                ),
+                ("event", [self._event(tenant, outcome.event)]),
+            ]
+        )
+
+    def _materialization_row(self, tenant: str, outcome: StepOutcome) -> dict[str, Any]:
+        mat = outcome.materialization
+        return {
+            "id": mat.id,
+            "tenant_id": tenant,
+            "run_id": mat.run_id,
+            "step_id": outcome.step_id,
+            "asset": mat.asset,
+            "partition_key": mat.partition_key or "",
+            "status": mat.status,
+            "started_at": self._when(mat.started_at),
+            "finished_at": self._when(mat.finished_at),
+            "duration_ms": mat.duration_ms,
+            "value_hash": mat.value_hash,
+            "value_size": mat.value_size,
+            "io_manager": mat.io_manager,
+            "code_version": mat.code_version,
+            "host": mat.host,
+            "pid": mat.pid,
+            "attempt": mat.attempt,
+            "metadata": json.dumps(mat.metadata) if mat.metadata else None,
+            "error_type": mat.error_type,
+            "error_message": mat.error_message,
+            "error_traceback": mat.error_traceback,
+            "retryable": self._bool(mat.retryable),
+            "data_version": mat.data_version,
+        }
+
     def finish_step(self, *, tenant: str, outcome: StepOutcome) -> None:
         """Materialization, lineage, step status, latest partition state and event: one commit."""
         mat = outcome.materialization
@@ -364,34 +428,7 @@ class RunWriter:
         key = mat.partition_key or ""
         finished = self._when(mat.finished_at)
         calls: list[tuple[str, Any]] = [
-            (
-                "materialization",
-                {
-                    "id": mat.id,
-                    "tenant_id": tenant,
-                    "run_id": mat.run_id,
-                    "step_id": outcome.step_id,
-                    "asset": mat.asset,
-                    "partition_key": key,
-                    "status": mat.status,
-                    "started_at": self._when(mat.started_at),
-                    "finished_at": finished,
-                    "duration_ms": mat.duration_ms,
-                    "value_hash": mat.value_hash,
-                    "value_size": mat.value_size,
-                    "io_manager": mat.io_manager,
-                    "code_version": mat.code_version,
-                    "host": mat.host,
-                    "pid": mat.pid,
-                    "attempt": mat.attempt,
-                    "metadata": json.dumps(mat.metadata) if mat.metadata else None,
-                    "error_type": mat.error_type,
-                    "error_message": mat.error_message,
-                    "error_traceback": mat.error_traceback,
-                    "retryable": self._bool(mat.retryable),
-                    "data_version": mat.data_version,
-                },
-            ),
+            ("materialization", self._materialization_row(tenant, outcome)),
             (
                 "lineage",
                 [
