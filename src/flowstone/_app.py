@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from flowstone.store._store import Store
 
 DEFAULT_STORE = ".flowstone/flowstone.db"
+DEFAULT_EVENT_RETENTION = "30d"
 
 
 class FlowStone:
@@ -433,6 +434,19 @@ class FlowStone:
                 config=definition.io_config,
             )
         )
+
+    def prune_events(
+        self, *, older_than: str | float | timedelta = DEFAULT_EVENT_RETENTION, dry_run: bool = False
+    ) -> int:
+        """Delete run events older than ``older_than`` (default 30 days); returns the count.
+
+        Keeps the event log from growing without bound (``flowstone store prune``); runs,
+        materializations, lineage and the audit log are kept.
+        """
+        from flowstone._durations import parse_duration
+
+        cutoff = self.clock.now() - timedelta(seconds=parse_duration(older_than))
+        return self.store.prune_events(tenant=self.tenant, before=cutoff, dry_run=dry_run)
 
     def rebuild_catalog(self, *, dry_run: bool = False, actor: str = "api") -> CatalogReport:
         """Re-import the ``_asset.json`` sidecars of the filesystem I/O managers into the store.

@@ -780,6 +780,30 @@ def partitions_list(state: _State, name: str) -> None:
 
 
 @main.group()
+def store() -> None:
+    """Housekeeping of the metadata store."""
+
+
+@store.command("prune")
+@click.option(
+    "--older-than", default="30d", show_default=True, help="Delete run events older than this (e.g. 7d, 12h)."
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted without deleting.")
+@_pass_state
+def store_prune(state: _State, older_than: str, dry_run: bool) -> None:
+    """Delete old run events so the event log does not grow without bound (runs,
+    materializations, lineage and the audit log are kept)."""
+    try:
+        parse_duration(older_than)
+    except ValueError as exc:
+        raise ValidationError(f"--older-than: {exc}") from None
+    app = state.app()
+    count = app.prune_events(older_than=older_than, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    _console().print(f"{verb} {count} event(s) older than {older_than}", markup=False)
+
+
+@main.group()
 def catalog() -> None:
     """The record of stored values, kept beside them in _asset.json sidecars."""
 

@@ -465,6 +465,30 @@ class Store:
                 for row in conn.execute(query)
             ]
 
+    def prune_events(
+        self, *, tenant: str, before: datetime, batch: int = 10_000, dry_run: bool = False
+    ) -> int:
+        """Delete this tenant's events older than ``before``; returns how many (would) go.
+
+        In batches of ``batch`` rows, each its own transaction, so pruning a large log never holds
+        a long lock on the table. Audit rows are never pruned (they are the record of who did what).
+        """
+        c = t.events.c
+        old = sa.and_(c.tenant_id == tenant, c.at < before)
+        if dry_run:
+            with self.engine.connect() as conn:
+                return int(
+                    conn.execute(sa.select(sa.func.count()).select_from(t.events).where(old)).scalar_one()
+                )
+        removed = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = sa.select(c.id).where(old).order_by(c.id).limit(batch).scalar_subquery()
+                count = conn.execute(t.events.delete().where(c.id.in_(ids))).rowcount
+            removed += count
+            if count < batch:
+                return removed
+
     def list_audit(self, *, tenant: str, limit: int = 1000) -> list[dict[str, Any]]:
         query = (
             sa.select(t.audit_log)
