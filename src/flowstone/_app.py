@@ -193,16 +193,18 @@ class FlowStone:
         parallel: int = 1,
         values: bool = False,
         actor: str = "api",
+        executor: str | None = None,
     ) -> RunResult:
         """Materialize the selection (plus missing upstream) and return the run's outcome.
 
         ``partition`` (or several ``partitions``) picks the partitions of the selected assets;
         their upstream partitions follow from the partition mappings. ``stale=True`` also
-        re-runs what is stale; ``parallel`` > 1 runs independent steps on that many threads;
+        re-runs what is stale; ``parallel`` > 1 runs independent steps on that many threads
+        (``executor="processes"``: in a process each, so a step past its timeout is terminated);
         ``values=True`` keeps each step's value on the result (``run.steps["x"].value``).
         """
         plan = self.plan(selection, partition=partition, partitions=partitions, force=force, stale=stale)
-        return self.execute(plan, parallel=parallel, values=values, actor=actor)
+        return self.execute(plan, parallel=parallel, values=values, actor=actor, executor=executor)
 
     def execute(
         self,
@@ -213,6 +215,7 @@ class FlowStone:
         actor: str = "api",
         backfill_id: str | None = None,
         cancelled: Callable[[], bool] | None = None,
+        executor: str | None = None,
     ) -> RunResult:
         """Run a plan made by :meth:`plan` (what ``materialize`` does after planning)."""
         from flowstone.engine._runner import RunEnv, execute_plan
@@ -232,7 +235,9 @@ class FlowStone:
             clock=self.clock,
         )
         try:
-            return execute_plan(env, plan, parallel=parallel, keep_values=values, actor=actor)
+            return execute_plan(
+                env, plan, parallel=parallel, keep_values=values, actor=actor, executor=executor
+            )
         finally:
             resources.teardown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,17 @@ class Context:
     the canonical string used in the store. Both are ``None`` for unpartitioned assets.
     """
 
-    __slots__ = ("asset_name", "log", "partition", "partition_key", "resources", "run_id", "tenant")
+    __slots__ = (
+        "_stop",
+        "_stop_reason",
+        "asset_name",
+        "log",
+        "partition",
+        "partition_key",
+        "resources",
+        "run_id",
+        "tenant",
+    )
 
     def __init__(
         self,
@@ -63,9 +74,38 @@ class Context:
         self.run_id = run_id
         self.tenant = tenant
         self.resources = resources
+        self._stop = threading.Event()
+        self._stop_reason = ""
         self.log = logging.LoggerAdapter(
             _log, {"asset": asset_name, "partition": partition_key, "run_id": run_id}
         )
 
     def __repr__(self) -> str:
         return f"Context(asset={self.asset_name!r}, partition={self.partition_key!r}, run={self.run_id})"
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the step timed out (or its run was cancelled): a long loop should return.
+
+        A thread cannot be killed, so a step past its ``timeout`` is recorded as failed and its
+        thread abandoned; checking this between chunks of work lets it end early::
+
+            for chunk in chunks:
+                context.raise_if_stopped()
+                process(chunk)
+        """
+        return self._stop.is_set()
+
+    def raise_if_stopped(self) -> None:
+        """Raise ``StepTimeout`` if the step has been asked to stop."""
+        if self._stop.is_set():
+            from flowstone._errors import StepTimeout
+
+            raise StepTimeout(
+                f"asset '{self.asset_name}' stopped: {self._stop_reason or 'asked to stop'}",
+                context={"asset": self.asset_name, "partition": self.partition_key},
+            )
+
+    def _request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stop.set()

@@ -80,6 +80,12 @@ class FlowStoneError(Exception):
             )
         return "\n".join(lines)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (to cross a process boundary) with its type, message, context and retryable;
+        # the original exception stays behind (its traceback text travels with the step).
+        state = {k: v for k, v in self.__dict__.items() if k != "original"}
+        return (_restore, (type(self), self.message, state))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form, as recorded on a materialization and sent in events."""
         return {
@@ -88,6 +94,14 @@ class FlowStoneError(Exception):
             "retryable": self.retryable,
             "context": {k: _json_safe(v) for k, v in self.context.items()},
         }
+
+
+def _restore(cls: type[FlowStoneError], message: str, state: dict[str, Any]) -> FlowStoneError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    error.original = None
+    return error
 
 
 def _json_safe(value: Any) -> Any:

@@ -207,7 +207,13 @@ def check(state: _State, target: str | None) -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 256),
-    help="Run independent steps on this many threads.",
+    help="Run independent steps on this many threads (or processes).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "threads", "processes"]),
+    help="How steps run: one at a time, on threads, or each in its own process (timeouts "
+    "terminate it). Default: serial, or threads with --parallel.",
 )
 @_pass_state
 def materialize(
@@ -218,6 +224,7 @@ def materialize(
     force: bool,
     stale: bool,
     parallel: int,
+    executor: str | None,
 ) -> None:
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
@@ -254,7 +261,7 @@ def materialize(
 
     unsubscribe = app.events.subscribe(show)
     try:
-        result = app.execute(plan, parallel=parallel, actor=f"user:{getpass.getuser()}")
+        result = app.execute(plan, parallel=parallel, actor=f"user:{getpass.getuser()}", executor=executor)
     finally:
         unsubscribe()
     style = STATUS_STYLE.get(result.status.value, "")

@@ -405,10 +405,31 @@ def test_failure_skips_downstream_and_keeps_earlier_values(
     assert sorted(rerun.up_to_date) == [("side", None)]
 
 
+def test_an_asset_returning_a_coroutine_or_generator_is_an_execution_error(
+    pipeline: fs.Pipeline, make_app: AppFactory
+) -> None:
+    @pipeline.asset()
+    async def coro(context: Any) -> int:
+        return 1
+
+    @pipeline.asset()
+    def gen(context: Any) -> Any:
+        yield 1
+
+    app = make_app(pipeline)
+    run = app.materialize(["coro", "gen"])
+    for name, kind in [("coro", "a coroutine"), ("gen", "a generator")]:
+        error = run.steps[name].error
+        assert error is not None and error.type == "execution_error", name
+        assert f"asset '{name}' returned {kind}, not a value" in error.message
+        assert "plain `def`" in error.user_message
+    assert app.store.materializations(tenant="default", asset="coro")[0].error_type == "execution_error"
+
+
 @pytest.mark.parametrize(
     "make_value",
-    [lambda: lambda: 1, lambda: (x for x in range(3)), lambda: threading.Lock()],
-    ids=["lambda", "generator", "lock"],
+    [lambda: lambda: 1, lambda: threading.Lock()],
+    ids=["lambda", "lock"],
 )
 def test_unstorable_value_is_an_io_error(
     pipeline: fs.Pipeline, make_app: AppFactory, make_value: Any, tmp_path: Path
@@ -815,3 +836,24 @@ def test_a_downstream_partition_starts_as_soon_as_its_own_upstream_is_done(
     assert started == [
         (asset, day) for day in ("2025-01-01", "2025-01-02", "2025-01-03") for asset in ("raw", "report")
     ]
+
+
+def test_a_timed_out_step_is_asked_to_stop_through_its_context(
+    pipeline: fs.Pipeline, make_app: AppFactory, release: threading.Event
+) -> None:
+    noticed = threading.Event()
+
+    @pipeline.asset(timeout=0.2)
+    def long_loop(context: fs.Context) -> int:
+        while not release.wait(0.01):
+            if context.should_stop:
+                noticed.set()
+                context.raise_if_stopped()
+        return 1
+
+    run = make_app(pipeline).materialize(["long_loop"])
+    error = run.steps["long_loop"].error
+    assert error is not None and error.type == "timeout"
+    assert "abandoned and asked to stop" in error.message
+    assert error.context["abandoned_thread"] == "flowstone-timeout-long_loop"
+    assert noticed.wait(10), "the abandoned thread never saw context.should_stop"

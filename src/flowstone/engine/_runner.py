@@ -9,6 +9,7 @@ recorded, so the step simply runs again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import inspect
@@ -33,6 +34,7 @@ from flowstone._errors import (
     FlowStoneError,
     IOManagerError,
     StepTimeout,
+    ValidationError,
     _json_safe,
     format_traceback,
 )
@@ -125,6 +127,8 @@ class RunEnv:
     cancelled: Callable[[], bool] | None = None
     backfill_id: str | None = None
     clock: Clock = field(default_factory=SystemClock)
+    # True when the executor enforces timeouts itself (the process executor terminates the step).
+    external_timeouts: bool = False
     _param_types: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
@@ -169,9 +173,47 @@ class _Computed:
     data_version: str | None = None
     error: FlowStoneError | None = None
     traceback: str | None = None
+    value_kept: bool = True
+
+    def without_value(self, reason: str) -> _Computed:
+        """This outcome minus its value (which could not cross to the parent process)."""
+        return dataclasses.replace(self, value=None, value_kept=False, metadata=dict(self.metadata or {}))
 
 
-def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, asset: str) -> Any:
+@dataclass
+class _Isolated:
+    """A step computed in another process: its outcome and the events it emitted there."""
+
+    computed: _Computed
+    events: list[Event]
+
+    def without_value(self, reason: str) -> _Isolated:
+        return _Isolated(self.computed.without_value(reason), self.events)
+
+
+def _compute_isolated(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _Isolated:
+    """``_compute`` in a step's own process: events are collected to be re-emitted by the parent,
+    the executor enforces the timeout, and resources set up here are torn down here."""
+    captured: list[Event] = []
+    bus = EventBus()
+    bus.subscribe(captured.append)
+    resources = env.resources
+    for manager in env.io_managers.values():
+        after_fork = getattr(manager, "after_fork", None)
+        if callable(after_fork):
+            after_fork()
+    try:
+        computed = _compute(
+            dataclasses.replace(env, events=bus, external_timeouts=True), step, run_id, step_io
+        )
+    finally:
+        teardown = getattr(resources, "teardown", None)
+        if callable(teardown):
+            teardown()
+    return _Isolated(computed, captured)
+
+
+def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, context: Context) -> Any:
     if timeout is None:
         return fn()
     box: dict[str, Any] = {}
@@ -182,18 +224,35 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, asset: str)
         except BaseException as exc:
             box["error"] = exc
 
-    # A Python thread cannot be killed: on timeout the step fails and the thread is left to end.
+    asset = context.asset_name
+    # A Python thread cannot be killed: on timeout the step fails, the thread is asked to stop
+    # (context.should_stop) and left to end on its own.
     thread = threading.Thread(target=target, name=f"flowstone-timeout-{asset}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        context._request_stop(f"timeout of {timeout:g}s exceeded")
         raise StepTimeout(
-            f"asset '{asset}' did not finish within its timeout of {timeout:g}s",
-            context={"asset": asset, "timeout_s": timeout},
+            f"asset '{asset}' did not finish within its timeout of {timeout:g}s; its thread was "
+            "abandoned and asked to stop (context.should_stop)",
+            context={"asset": asset, "timeout_s": timeout, "abandoned_thread": thread.name},
         )
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _check_result(asset: AssetDefinition[..., Any], result: Any) -> None:
+    """Values no I/O manager should be handed: they mean the asset is written wrongly."""
+    if inspect.isawaitable(result) or inspect.isgenerator(result) or inspect.isasyncgen(result):
+        kind = "a coroutine" if inspect.isawaitable(result) else "a generator"
+        if inspect.iscoroutine(result):
+            result.close()  # no "never awaited" warning on top of the error
+        raise ExecutionError(
+            f"asset '{asset.name}' returned {kind}, not a value: define it with a plain `def` that "
+            "returns the value (async and generator assets are not supported)",
+            context={"asset": asset.name, "location": asset.location},
+        )
 
 
 def _io_context(
@@ -299,7 +358,10 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
         )
         kwargs = inputs if asset.takes_var_kwargs else {p: inputs[p] for p in asset.params}
         stage = "execute"
-        result = _call_with_timeout(lambda: asset.fn(context, **kwargs), asset.timeout, asset.name)
+        result = _call_with_timeout(
+            lambda: asset.fn(context, **kwargs), None if env.external_timeouts else asset.timeout, context
+        )
+        _check_result(asset, result)
         metadata: dict[str, Any] = {}
         data_version = None
         if isinstance(result, Output):
@@ -400,6 +462,7 @@ class _Run:
         self.cancelled = False
         self.last_cancel_check = float("-inf")
         self.attempts: dict[StepKey, int] = {}
+        self.submitted: dict[StepKey, tuple[Any, float]] = {}
         # Steps waiting out a retry delay: (due on the clock's monotonic time, order, key).
         self.delayed: list[tuple[float, int, StepKey]] = []
         self._order = itertools.count()
@@ -486,8 +549,7 @@ class _Run:
                     self._blocked(key, *blocked)
                     continue
                 self._start(key)
-                task = functools.partial(_compute, self.env, self.steps[key], self.run_id, self._step_io(key))
-                inflight[self.executor.submit(task)] = key
+                inflight[self._submit(key)] = key
             self._writer.maybe_flush()
             if not inflight:
                 if self.delayed and not ready:
@@ -501,7 +563,7 @@ class _Run:
             )[0]
             for future in done:
                 key = inflight.pop(future)
-                computed: _Computed = future.result()
+                computed = self._outcome(key, future.result())
                 if computed.error is None:
                     self._succeeded(key, computed)
                     unblocked = []
@@ -515,6 +577,38 @@ class _Run:
                 elif not self._retry(key, computed):
                     self._failed(key, computed)
         self._writer.flush()
+
+    def _submit(self, key: StepKey) -> Future[Any]:
+        step = self.steps[key]
+        if not getattr(self.executor, "isolates", False):
+            task = functools.partial(_compute, self.env, step, self.run_id, self._step_io(key))
+            return self.executor.submit(task)
+        self.submitted[key] = (utcnow(), time.perf_counter())
+        isolated = functools.partial(_compute_isolated, self.env, step, self.run_id, self._step_io(key))
+        label = f"'{key[0]}'" + (f" [{key[1]}]" if key[1] is not None else "")
+        submit: Callable[..., Future[Any]] = self.executor.submit
+        return submit(isolated, timeout=self.env.pipeline.assets[key[0]].timeout, label=label)
+
+    def _outcome(self, key: StepKey, result: Any) -> _Computed:
+        """The step's outcome, from a thread (as is) or from its process (events re-emitted)."""
+        if isinstance(result, _Computed):
+            return result
+        inner = getattr(result, "result", result)  # a ChildOutcome from the process executor
+        if isinstance(inner, _Isolated):
+            for event in inner.events:
+                self.env.events.emit(event)
+            return inner.computed
+        started_at, t0 = self.submitted.get(key, (utcnow(), time.perf_counter()))
+        error = inner if isinstance(inner, FlowStoneError) else ExecutionError(f"step failed: {inner!r}")
+        error.context.setdefault("asset", key[0])
+        error.context.setdefault("partition", key[1])
+        trace = error.context.pop("traceback", None)
+        return _Computed(
+            started_at,
+            (time.perf_counter() - t0) * 1000,
+            error=error,
+            traceback=trace if isinstance(trace, str) else None,
+        )
 
     def _retry(self, key: StepKey, computed: _Computed) -> bool:
         """Schedule another attempt when the error and the retry policy allow one."""
@@ -659,7 +753,7 @@ class _Run:
         mat = self._record(key, computed, event)
         self.mat_ids[key] = mat.id
         self.data_versions[key] = mat.data_version
-        self.results[key]._value = computed.value if self.keep_values else _NOT_KEPT
+        self.results[key]._value = computed.value if self.keep_values and computed.value_kept else _NOT_KEPT
 
     def _failed(self, key: StepKey, computed: _Computed) -> None:
         assert computed.error is not None
@@ -694,11 +788,51 @@ class _Run:
         self._writer.skip_steps(tenant=self.env.tenant, skipped=skipped)
 
 
+EXECUTORS = ("serial", "threads", "processes")
+
+
 def execute_plan(
-    env: RunEnv, plan: Plan, *, parallel: int = 1, keep_values: bool = False, actor: str = "api"
+    env: RunEnv,
+    plan: Plan,
+    *,
+    parallel: int = 1,
+    keep_values: bool = False,
+    actor: str = "api",
+    executor: str | None = None,
 ) -> RunResult:
+    """Run ``plan``. ``executor``: ``serial`` (the default for one step at a time), ``threads``
+    (the default when ``parallel`` > 1) or ``processes`` (a forked process per step, so a step
+    past its timeout is terminated)."""
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, got {parallel}")
-    executor: Executor = SerialExecutor() if parallel == 1 else ThreadPoolStepExecutor(parallel)
-    run = _Run(env, plan, executor, keep_values=keep_values)
-    return run.execute(actor=actor, executor_name=getattr(executor, "name", "custom"))
+    kind = executor or ("serial" if parallel == 1 else "threads")
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    chosen: Executor
+    if kind == "processes":
+        from flowstone.engine._process import ProcessStepExecutor
+        from flowstone.io._memory import MemoryIOManager
+
+        in_memory = sorted(
+            {
+                s.asset
+                for s in plan.steps
+                if isinstance(
+                    env.io_managers[env.io_manager_name(env.pipeline.assets[s.asset])], MemoryIOManager
+                )
+            }
+        )
+        if in_memory:
+            raise ValidationError(
+                f"the process executor cannot run {in_memory}: their values live in memory, which "
+                "each step's process has its own copy of; use a storing I/O manager (filesystem) "
+                "or the threads executor",
+                context={"assets": in_memory},
+            )
+        chosen = ProcessStepExecutor(parallel)
+    elif kind == "threads":
+        chosen = ThreadPoolStepExecutor(parallel)
+    else:
+        chosen = SerialExecutor()
+    run = _Run(env, plan, chosen, keep_values=keep_values)
+    return run.execute(actor=actor, executor_name=getattr(chosen, "name", "custom"))

@@ -141,6 +141,10 @@ class DuckDBIOManager(TableIOManager):
     def __repr__(self) -> str:
         return f"DuckDBIOManager(path={str(self.path or MEMORY)!r}, schema={self.schema!r})"
 
+    def after_fork(self) -> None:
+        """In a forked step process: open a connection of its own (the parent's stays the parent's)."""
+        self._conn = None
+
     def close(self) -> None:
         """Close the connection (and let other processes have the file); reopened when used."""
         with self._lock:

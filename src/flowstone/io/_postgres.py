@@ -290,6 +290,11 @@ class PostgresIOManager(TableIOManager):
     def __repr__(self) -> str:
         return f"PostgresIOManager(url={self._url.render_as_string()!r}, schema={self.schema!r})"
 
+    def after_fork(self) -> None:
+        """In a forked step process: never reuse the parent's pooled connections."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
     def close(self) -> None:
         """Dispose of the engine this manager made (one passed in is left to its owner)."""
         with self._lock:
