@@ -4,11 +4,29 @@ import flowstone as fs
 
 pipeline = fs.Pipeline("analytics")
 
-@pipeline.asset()
+@pipeline.asset(retry=fs.RetryPolicy(max_attempts=3))
 def raw_events(context): ...
 
 app = fs.FlowStone(pipeline)
 app.materialize(["raw_events"])
+
+Everything that can go wrong is one typed error (``type``, ``message``, ``context``,
+``retryable``, ``original``; a short ``user_message`` and a full ``developer_message``)::
+
+    FlowStoneError
+    ├── DefinitionError (definition_error) ── PipelineInvalid
+    ├── ConfigurationError (configuration_error)
+    ├── AssetNotFound (asset_not_found)
+    ├── DependencyFailed (dependency_failed)
+    ├── DependencyNotReady (dependency_not_ready, retryable)
+    ├── IOManagerError (io_error, retryable when transient) ── ValueNotFound
+    ├── ExecutionError (execution_error)
+    ├── StepTimeout (timeout, retryable)
+    ├── ValidationError (validation_error)
+    ├── ResourceUnavailable (resource_unavailable, retryable)
+    ├── CheckpointRejected (checkpoint_rejected)
+    ├── Retry (retry_requested, retryable): raise it from an asset to be tried again
+    └── StoreError (store_error)
 """
 
 from flowstone._app import FlowStone

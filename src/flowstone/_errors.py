@@ -17,6 +17,7 @@ whatever an asset raises) are wrapped at the seam where they happen and kept in 
     ├── ValidationError                 validation_error  no    data did not pass a check
     ├── ResourceUnavailable             resource_unavailable yes a required resource failed setup
     ├── CheckpointRejected              checkpoint_rejected no  a reviewer rejected a gate
+    ├── Retry                           retry_requested   yes   raised by an asset: try again (after=)
     └── StoreError                      store_error       varies the metadata database failed
 
 Each error carries a short ``user_message`` (what happened, what to do) and a
