@@ -105,6 +105,7 @@ from flowstone.partitions import (
     TimeWindowPartitions,
     WeeklyPartitions,
 )
+from flowstone.resources import ConfigurableResource, EnvVar, Health, HttpClient, Resource, SQLDatabase
 
 __version__ = "0.1.0"
 
@@ -118,6 +119,7 @@ __all__ = [
     "BackfillResult",
     "BackfillStatus",
     "CheckpointRejected",
+    "ConfigurableResource",
     "ConfigurationError",
     "Context",
     "DailyPartitions",
@@ -127,13 +129,16 @@ __all__ = [
     "DimensionMapping",
     "DuckDBIOManager",
     "DynamicPartitions",
+    "EnvVar",
     "Event",
     "ExecutionError",
     "FilesystemIOManager",
     "FlowStone",
     "FlowStoneError",
     "FunctionPartitions",
+    "Health",
     "HourlyPartitions",
+    "HttpClient",
     "IOContext",
     "IOManager",
     "IOManagerError",
@@ -156,6 +161,7 @@ __all__ = [
     "PipelineInvalid",
     "PostgresIOManager",
     "Problem",
+    "Resource",
     "ResourceUnavailable",
     "Retry",
     "RetryPolicy",
@@ -163,6 +169,7 @@ __all__ = [
     "RunRecord",
     "RunResult",
     "RunStatus",
+    "SQLDatabase",
     "StaticMapping",
     "StaticPartitions",
     "StepRecord",

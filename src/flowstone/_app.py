@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from flowstone._catalog import CatalogReport
+    from flowstone._doctor import CheckResult
     from flowstone._records import BackfillRecord, RunRecord, StepRecord
     from flowstone.engine._backfill import BackfillResult
     from flowstone.engine._planner import Plan, Resolve
@@ -69,6 +70,9 @@ class FlowStone:
                 raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
         self.resources: dict[str, Any] = dict(resources or {})
         pipeline.validate(io_managers=overrides, resources=list(self.resources))
+        from flowstone.resources import check_resources
+
+        check_resources(self.resources)  # a missing environment variable is reported now, not mid-run
         self.pipeline = pipeline
         self.tenant = tenant
         self.clock: Clock = clock or SystemClock()
@@ -221,7 +225,7 @@ class FlowStone:
         from flowstone.engine._runner import RunEnv, execute_plan
         from flowstone.resources._runtime import RunResources
 
-        resources = RunResources(self.resources, events=self.events)
+        resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
         env = RunEnv(
             self.pipeline,
             self.store,
@@ -439,6 +443,13 @@ class FlowStone:
                 config=definition.io_config,
             )
         )
+
+    def doctor(self) -> list[CheckResult]:
+        """Is everything this app needs there? The store, each used I/O manager's extra, and every
+        resource (set up, health-checked, torn down). ``flowstone doctor`` prints the same."""
+        from flowstone._doctor import health
+
+        return health(self)
 
     def prune_events(
         self, *, older_than: str | float | timedelta = DEFAULT_EVENT_RETENTION, dry_run: bool = False

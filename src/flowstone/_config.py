@@ -14,6 +14,19 @@ relative SQLite URLs, are taken from there::
     [io.warehouse]                                 # a second, named instance of one
     type = "postgres"
     url = "postgresql://etl@warehouse/analytics"
+
+    [resources.warehouse]                          # a resource (see flowstone.resources._config)
+    type = "sql"
+    url = "${WAREHOUSE_URL}"
+
+    [profiles.test]                                # --profile test / FLOWSTONE_PROFILE=test
+    store = "sqlite:///.flowstone/test.db"
+    [profiles.test.resources.warehouse]
+    url = "sqlite:///test-warehouse.db"
+
+A profile overrides any setting of the file: tables merge key by key, other values are replaced
+(a profile's resource table that names a ``type`` or ``class`` replaces the resource's table
+whole). Precedence, lowest first: file, selected profile, ``FLOWSTONE_*`` variables, CLI flags.
 """
 
 from __future__ import annotations
@@ -27,8 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from flowstone._errors import ConfigurationError
+from flowstone.resources._config import build_resources, check_resource_tables
 
-KEYS = {"pipeline", "store", "storage", "tenant", "io"}
+__all__ = ["ENV", "KEYS", "PROFILE_ENV", "Settings", "build_resources", "find_config", "load_settings"]
+
+KEYS = {"pipeline", "store", "storage", "tenant", "io", "resources", "profiles"}
+TABLES = {"io", "resources", "profiles"}
+PROFILE_ENV = "FLOWSTONE_PROFILE"
 ENV = {
     "pipeline": "FLOWSTONE_PIPELINE",
     "store": "FLOWSTONE_STORE_URL",
@@ -46,6 +64,9 @@ class Settings:
     storage_dir: Path
     tenant: str
     io: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # [resources.NAME] tables as written (``"${VAR}"`` still text); build_resources() makes objects.
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    profile: str | None = None  # the profile applied, if any
 
 
 def find_config(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -102,22 +123,34 @@ def load_settings(
         path, values = find_config((start or Path.cwd()).resolve())
     if not isinstance(values, dict):
         raise ConfigurationError(f"{path}: flowstone settings must be a table")
-    for key, value in values.items():
-        if key not in KEYS:
-            guesses = difflib.get_close_matches(str(key), sorted(KEYS), n=1, cutoff=0.6)
+    _check_values(path, values, where="")
+    profiles = values.pop("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ConfigurationError(f"{path}: [profiles] must hold one table per profile, e.g. [profiles.test]")
+    for name, table in profiles.items():  # every profile, so a typo shows before it is selected
+        if "profiles" in table:
+            raise ConfigurationError(f"{path}: [profiles.{name}] cannot hold profiles of its own")
+        _check_values(path, table, where=f"[profiles.{name}]: ", partial=True)
+    profile = (overrides or {}).get("profile") or environ.get(PROFILE_ENV) or None
+    if profile is not None:
+        if profile not in profiles:
+            guesses = difflib.get_close_matches(profile, sorted(profiles), n=1, cutoff=0.6)
             hint = f"; did you mean {guesses[0]!r}?" if guesses else ""
-            raise ConfigurationError(f"{path}: unknown setting {key!r}{hint} (known: {sorted(KEYS)})")
-        if key == "io":
-            _check_io_table(path, value)
-        elif not isinstance(value, str):
-            raise ConfigurationError(f"{path}: setting {key!r} must be a string, got {value!r}")
+            raise ConfigurationError(
+                f"{path or 'settings'}: unknown profile {profile!r}{hint} "
+                f"(known profiles: {sorted(profiles) or 'none defined'})",
+                context={"profile": profile, "known": sorted(profiles)},
+            )
+        values = _apply_profile(values, profiles[profile])
+        check_resource_tables(f"{path}: (with profile {profile!r})", values.get("resources", {}))
     io = values.pop("io", {})
+    resources = values.pop("resources", {})
     merged: dict[str, str] = dict(values)
     for key, var in ENV.items():
         if environ.get(var):
             merged[key] = environ[var]
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if value is not None and key != "profile":
             merged[key] = value
     project_dir = path.parent if path is not None else (start or Path.cwd()).resolve()
     store_url = resolve_store_url(merged.get("store", "sqlite:///.flowstone/flowstone.db"), project_dir)
@@ -130,7 +163,53 @@ def load_settings(
         storage_dir=storage if storage.is_absolute() else project_dir / storage,
         tenant=merged.get("tenant", "default"),
         io=io,
+        resources=resources,
+        profile=profile,
     )
+
+
+def _check_values(path: Path | None, values: Mapping[str, Any], *, where: str, partial: bool = False) -> None:
+    """Known keys and value shapes; a profile's resource tables (``partial``) may omit type/class."""
+    for key, value in values.items():
+        if key not in KEYS:
+            guesses = difflib.get_close_matches(str(key), sorted(KEYS), n=1, cutoff=0.6)
+            hint = f"; did you mean {guesses[0]!r}?" if guesses else ""
+            raise ConfigurationError(f"{path}: {where}unknown setting {key!r}{hint} (known: {sorted(KEYS)})")
+        if key == "io":
+            _check_io_table(path, value)
+        elif key == "resources" and partial:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigurationError(f"{path}: {where}[resources] must hold one table per resource")
+        elif key == "resources":
+            check_resource_tables(f"{path}: {where}".rstrip(": "), value)
+        elif key not in TABLES and not isinstance(value, str):
+            raise ConfigurationError(f"{path}: {where}setting {key!r} must be a string, got {value!r}")
+
+
+def _apply_profile(values: Mapping[str, Any], profile: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``profile`` laid over them: tables merge, other values are replaced."""
+    merged = dict(values)
+    for key, value in profile.items():
+        if key == "resources":
+            tables = {name: dict(table) for name, table in merged.get("resources", {}).items()}
+            for name, table in value.items():
+                replaces = "type" in table or "class" in table or name not in tables
+                tables[name] = dict(table) if replaces else _merge(tables[name], table)
+            merged["resources"] = tables
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def _check_io_table(path: Path | None, value: Any) -> None:

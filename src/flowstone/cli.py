@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from flowstone._config import Settings, load_settings
+from flowstone._config import Settings, build_resources, load_settings
 from flowstone._durations import parse_duration
 from flowstone._errors import ConfigurationError, FlowStoneError, PipelineInvalid, ValidationError
 from flowstone._events import STEP_FAILED, STEP_SKIPPED, STEP_STARTED, STEP_SUCCEEDED, Event
@@ -63,6 +63,7 @@ class _State:
     store: str | None
     tenant: str | None
     verbose: bool
+    profile: str | None = None
     _settings: Settings | None = None
     _pipeline: Pipeline | None = None
     _app: FlowStone | None = None
@@ -72,7 +73,12 @@ class _State:
         if self._settings is None:
             self._settings = load_settings(
                 config_file=self.config,
-                overrides={"pipeline": self.pipeline, "store": self.store, "tenant": self.tenant},
+                overrides={
+                    "pipeline": self.pipeline,
+                    "store": self.store,
+                    "tenant": self.tenant,
+                    "profile": self.profile,
+                },
             )
         return self._settings
 
@@ -114,6 +120,7 @@ class _State:
                 tenant=settings.tenant,
                 storage_dir=settings.storage_dir,
                 io_managers=self.io_managers(),
+                resources=build_resources(settings),
             )
         return self._app
 
@@ -168,6 +175,7 @@ def _pass_state(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--pipeline", "-p", help="Pipeline location, 'package.module:attribute'.")
 @click.option("--store", help="Metadata store URL (sqlite:///... or postgresql://...).")
 @click.option("--tenant", help="Tenant to act for (default: 'default').")
+@click.option("--profile", help="Settings profile ([profiles.NAME] in flowstone.toml), e.g. test.")
 @click.option("-v", "--verbose", is_flag=True, help="Show developer details on errors.")
 @click.version_option(package_name="flowstone")
 @click.pass_context
@@ -177,10 +185,11 @@ def main(
     pipeline: str | None,
     store: str | None,
     tenant: str | None,
+    profile: str | None,
     verbose: bool,
 ) -> None:
     """FlowStone: asset-first data orchestration."""
-    ctx.obj = _State(config, pipeline, store, tenant, verbose)
+    ctx.obj = _State(config, pipeline, store, tenant, verbose, profile)
 
 
 @main.command()
@@ -888,3 +897,12 @@ def render_ascii(pipeline: Pipeline) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _register_extra_commands() -> None:
+    from flowstone._cli_doctor import doctor
+
+    main.add_command(doctor)
+
+
+_register_extra_commands()

@@ -501,6 +501,9 @@ class _Run:
             )
             for key, mat_id in self.plan.existing.items():
                 self.data_versions[key] = versions.get(mat_id)
+        bind_run = getattr(env.resources, "bind_run", None)
+        if callable(bind_run):
+            bind_run(self.run_id)  # resource events carry the run id
         self.emit(RUN_STARTED, steps=len(self.plan.steps))
         self.writer = env.store.run_writer(self.run_id)
         try:
