@@ -106,6 +106,7 @@ from flowstone.partitions import (
     WeeklyPartitions,
 )
 from flowstone.resources import ConfigurableResource, EnvVar, Health, HttpClient, Resource, SQLDatabase
+from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics
 
 __version__ = "0.1.0"
 
@@ -144,6 +145,7 @@ __all__ = [
     "IOManagerError",
     "IdentityMapping",
     "In",
+    "JsonLogs",
     "LineageEntry",
     "Materialization",
     "MemoryIOManager",
@@ -152,6 +154,7 @@ __all__ = [
     "MultiPartitionKey",
     "MultiPartitions",
     "ObjectStoreIOManager",
+    "OpenTelemetrySpans",
     "Output",
     "ParquetIOManager",
     "PartitionMapping",
@@ -161,6 +164,7 @@ __all__ = [
     "PipelineInvalid",
     "PostgresIOManager",
     "Problem",
+    "PrometheusMetrics",
     "Resource",
     "ResourceUnavailable",
     "Retry",
@@ -177,6 +181,7 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StoreError",
+    "StoreMetrics",
     "StoredValue",
     "TimeWindow",
     "TimeWindowMapping",

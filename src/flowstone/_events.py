@@ -9,7 +9,7 @@ is logged and never breaks a run::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,20 +58,36 @@ Subscriber = Callable[[Event], None]
 
 class EventBus:
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        # (subscriber, the event types it skips); replaced, never mutated, so emit needs no lock
+        self._entries: list[tuple[Subscriber, frozenset[str]]] = []
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Add a subscriber; returns a function that removes it again."""
-        self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber)
+    def subscribe(self, subscriber: Subscriber, *, exclude: Iterable[str] = ()) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it again.
+
+        ``exclude`` names event types it never wants: when no subscriber wants a type, the
+        engine does not even build those events (I/O events are a few per step).
+        """
+        entry = (subscriber, frozenset(exclude))
+        self._entries = [*self._entries, entry]
+
+        def unsubscribe() -> None:
+            self._entries = [e for e in self._entries if e is not entry]
+
+        return unsubscribe
 
     @property
     def has_subscribers(self) -> bool:
         """False when nobody listens: callers may skip building an event at all."""
-        return bool(self._subscribers)
+        return bool(self._entries)
+
+    def wants(self, event_type: str) -> bool:
+        """True when some subscriber takes events of ``event_type``."""
+        return any(event_type not in excluded for _, excluded in self._entries)
 
     def emit(self, event: Event) -> None:
-        for subscriber in list(self._subscribers):
+        for subscriber, excluded in self._entries:
+            if event.type in excluded:
+                continue
             try:
                 subscriber(event)
             except Exception:  # a broken subscriber must not fail the run it observes

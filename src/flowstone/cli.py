@@ -901,8 +901,10 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_extra_commands() -> None:
     from flowstone._cli_doctor import doctor
+    from flowstone.telemetry._cli import metrics
 
     main.add_command(doctor)
+    main.add_command(metrics)
 
 
 _register_extra_commands()

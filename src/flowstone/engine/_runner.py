@@ -9,6 +9,7 @@ recorded, so the step simply runs again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import heapq
@@ -18,6 +19,7 @@ import os
 import threading
 import time
 import typing
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -141,16 +143,30 @@ class RunEnv:
         """The asset function's parameter annotations (strings when they cannot be resolved)."""
         found = self._param_types.get(asset.name)
         if found is None:
-            try:
-                found = typing.get_type_hints(asset.fn)
-            except Exception:  # a forward reference that does not resolve: keep the text
-                found = {
-                    name: param.annotation
-                    for name, param in inspect.signature(asset.fn).parameters.items()
-                    if param.annotation is not inspect.Parameter.empty
-                }
-            self._param_types[asset.name] = found
+            found = self._param_types[asset.name] = _annotations(asset.fn)
         return found
+
+
+# Resolving string annotations costs tens of microseconds a function: once per function, not per run.
+_ANNOTATIONS: weakref.WeakKeyDictionary[Callable[..., Any], Mapping[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _annotations(fn: Callable[..., Any]) -> Mapping[str, Any]:
+    try:
+        return _ANNOTATIONS[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        found: Mapping[str, Any] = typing.get_type_hints(fn)
+    except Exception:  # a forward reference that does not resolve: keep the text
+        found = {
+            name: param.annotation
+            for name, param in inspect.signature(fn).parameters.items()
+            if param.annotation is not inspect.Parameter.empty
+        }
+    with contextlib.suppress(TypeError):  # not weak-referenceable: just not cached
+        _ANNOTATIONS[fn] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -272,7 +288,7 @@ def _io_context(
 def _emit_io(
     env: RunEnv, type_: str, run_id: str, ctx: IOContext, manager: str, t0: float, **data: Any
 ) -> None:
-    if env.events.has_subscribers:
+    if env.events.wants(type_):
         env.events.emit(
             Event(
                 type_,
@@ -752,7 +768,14 @@ class _Run:
         return mat
 
     def _succeeded(self, key: StepKey, computed: _Computed) -> None:
-        event = self.emit(STEP_SUCCEEDED, key, duration_ms=round(computed.duration_ms, 3))
+        stored = computed.stored
+        event = self.emit(
+            STEP_SUCCEEDED,
+            key,
+            duration_ms=round(computed.duration_ms, 3),
+            io_manager=self.env.io_manager_name(self.env.pipeline.assets[key[0]]),
+            size_bytes=stored.size_bytes if stored is not None else None,
+        )
         mat = self._record(key, computed, event)
         self.mat_ids[key] = mat.id
         self.data_versions[key] = mat.data_version

@@ -1,0 +1,161 @@
+"""Telemetry overhead: a chain of N trivial assets (memory I/O manager, SQLite) with the
+adapters off, each one alone, and all on; then one store-backed scrape over M materializations.
+
+Adapters as a production process would run them, minus the network: JSON logs at INFO to a
+stream that discards, OpenTelemetry spans through the SDK with a span processor that exports to
+nowhere, in-process Prometheus metrics. Configurations alternate within each repeat so drift on
+a shared host hits them alike; figures are medians. Prints one JSON line.
+
+    python benchmarks/telemetry.py [N=1000] [M=1000000]
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from _common import arg_n, report, temp_store
+from chain import build
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import generate_latest
+
+import flowstone as fs
+from flowstone.store import _tables as t
+from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics, enable
+
+REPEATS = 11
+
+
+class NullStream(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+class DiscardSpans(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def tracer_provider() -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(DiscardSpans()))
+    return provider
+
+
+def configurations(provider: TracerProvider) -> dict[str, Callable[[fs.FlowStone], Callable[[], None]]]:
+    """Ways to attach adapters; each adapter is made once, as a long-lived process keeps its own."""
+    logs, spans, metrics = JsonLogs(NullStream()), OpenTelemetrySpans(provider), PrometheusMetrics()
+    quiet_spans = OpenTelemetrySpans(provider, io_events=False)
+    return {
+        "off": lambda app: lambda: None,
+        "json_logs": lambda app: logs.attach(app.events),
+        "otel": lambda app: spans.attach(app.events),
+        "otel_without_io_events": lambda app: quiet_spans.attach(app.events),
+        "prometheus": lambda app: metrics.attach(app.events),
+        "json_logs_and_prometheus": lambda app: enable(app, json_logs=logs, prometheus=metrics),
+        "all": lambda app: enable(app, json_logs=logs, otel=spans, prometheus=metrics),
+    }
+
+
+def overhead(n: int) -> dict[str, Any]:
+    url, directory = temp_store()
+    app = fs.FlowStone(build(n), store=url)
+    configs = configurations(tracer_provider())
+    times: dict[str, list[float]] = {name: [] for name in configs}
+
+    def materialize() -> None:
+        run = app.materialize([f"+a{n - 1}"], force=True)
+        assert run.success and len(run.steps) == n
+
+    for attach in configs.values():  # warm-up: compiled SQL, first imports, first spans
+        detach = attach(app)
+        materialize()
+        detach()
+    for _ in range(REPEATS):
+        for name, attach in configs.items():
+            detach = attach(app)
+            gc.collect()  # garbage left by the previous configuration is not this one's cost
+            t0 = time.perf_counter()
+            materialize()
+            times[name].append(time.perf_counter() - t0)
+            detach()
+    app.close()
+    shutil.rmtree(directory)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    off = median["off"]
+    return {
+        "off_s": round(off, 4),
+        "on_s": round(median["all"], 4),
+        "overhead_pct": round((median["all"] / off - 1) * 100, 1),
+        "per_adapter_overhead_pct": {
+            name: round((median[name] / off - 1) * 100, 1) for name in configs if name not in ("off", "all")
+        },
+        "per_asset_overhead_us": round((median["all"] - off) / n * 1e6, 1),
+    }
+
+
+def scrape(rows: int, assets: int = 1000) -> dict[str, Any]:
+    """Seconds one store-backed scrape takes over ``rows`` materializations of ``assets`` assets."""
+    url, directory = temp_store()
+    store = fs.FlowStone(fs.Pipeline("empty"), store=url).store
+    now = datetime.now(UTC)
+    run_id = uuid.uuid4().hex
+    t0 = time.perf_counter()
+    with store.engine.begin() as conn:
+        for start in range(0, rows, 50_000):
+            conn.execute(
+                t.materializations.insert(),
+                [
+                    {
+                        "id": uuid.uuid4().hex,
+                        "tenant_id": "default",
+                        "run_id": run_id,
+                        "asset": f"a{i % assets}",
+                        "partition_key": str(i),
+                        "status": "failed" if i % 50 == 0 else "success",
+                        "started_at": now,
+                        "finished_at": now,
+                        "duration_ms": float(i % 5000),
+                        "value_size": 1000 + i % 100,
+                        "io_manager": "filesystem",
+                        "error_type": "execution_error" if i % 50 == 0 else None,
+                        "attempt": 1,
+                    }
+                    for i in range(start, min(rows, start + 50_000))
+                ],
+            )
+    load_s = time.perf_counter() - t0
+    collector = StoreMetrics(store)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        text = generate_latest(collector.registry)
+        times.append(time.perf_counter() - t0)
+    store.close()
+    shutil.rmtree(directory)
+    return {
+        "scrape_rows": rows,
+        "scrape_assets": assets,
+        "scrape_s": round(statistics.median(times), 3),
+        "scrape_bytes": len(text),
+        "scrape_load_s": round(load_s, 1),
+    }
+
+
+def main() -> None:
+    n = arg_n(1000)
+    rows = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    report(benchmark="telemetry", assets=n, repeats=REPEATS, **overhead(n), **scrape(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Structured logs: every FlowStone event as one JSON object on one line, for log shippers.
+
+Through ``logging`` (logger ``flowstone.events.json``; the JSON line is the record's message
+and the event rides along as ``record.flowstone_event``)::
+
+    JsonLogs(level=logging.INFO).attach(app.events)
+
+or straight to a stream, without ``logging`` at all::
+
+    JsonLogs(sys.stdout).attach(app.events)
+
+A line looks like ``{"at": "2025-01-15T08:00:00.123456+00:00", "level": "error",
+"type": "step.failed", "run_id": "...", "asset": "report", "partition": null,
+"error_type": "execution_error", "error_message": "...", ...}``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, time
+from pathlib import PurePath
+from typing import Any, TextIO
+
+from flowstone._events import Event, EventBus
+
+LOGGER_NAME = "flowstone.events.json"
+
+# The level of each known event type; unknown types log at INFO (see ``event_level``).
+_LEVELS: dict[str, int] = {
+    "io.loaded": logging.DEBUG,
+    "io.stored": logging.DEBUG,
+    "sensor.poll": logging.DEBUG,
+    "resource.health": logging.DEBUG,
+    "step.skipped": logging.WARNING,
+    "step.retrying": logging.WARNING,
+    "checkpoint.rejected": logging.WARNING,
+    "checkpoint.timed_out": logging.WARNING,
+    "step.failed": logging.ERROR,
+    "error": logging.ERROR,
+}
+_RUN_LEVELS = {"failed": logging.ERROR, "abandoned": logging.ERROR, "cancelled": logging.WARNING}
+# Record keys of our own: event data with the same name is written as ``data_<name>``.
+_RESERVED = frozenset({"at", "level", "type", "run_id", "asset", "partition"})
+
+
+def event_level(event: Event) -> int:
+    """How serious an event is: failures ERROR, skips and retries WARNING, I/O DEBUG, else INFO.
+
+    A run that did not succeed is an ERROR (WARNING when cancelled); any other event whose data
+    carries an ``error`` or ``ok=False`` (a failed resource setup, say) is at least a WARNING.
+    """
+    data = event.data
+    if event.type == "run.finished":
+        return _RUN_LEVELS.get(str(data.get("status")), logging.INFO)
+    level = _LEVELS.get(event.type, logging.INFO)
+    if level < logging.WARNING and (data.get("error") is not None or data.get("ok") is False):
+        return logging.WARNING
+    return level
+
+
+def _error_fields(error: Any, record: dict[str, Any]) -> None:
+    """Flatten an event's ``error`` (a ``FlowStoneError.to_dict()``, an exception or a message)."""
+    if isinstance(error, Mapping):
+        record["error_type"] = error.get("type")
+        record["error_message"] = error.get("message")
+        if "retryable" in error:
+            record["retryable"] = error["retryable"]
+        if error.get("context"):
+            record["error_context"] = error["context"]
+    elif isinstance(error, BaseException):
+        record["error_type"] = getattr(error, "type", type(error).__name__)
+        record["error_message"] = str(error)
+    else:
+        record["error_message"] = error if isinstance(error, str) else str(error)
+
+
+_LEVEL_NAMES: dict[int, str] = {}
+
+
+def _level_name(level: int) -> str:
+    name = _LEVEL_NAMES.get(level)
+    if name is None:
+        name = _LEVEL_NAMES[level] = logging.getLevelName(level).lower()
+    return name
+
+
+def event_record(event: Event, level: int | None = None) -> dict[str, Any]:
+    """The JSON object logged for ``event`` (values not yet made JSON-safe)."""
+    record: dict[str, Any] = {
+        "at": event.at.isoformat(),
+        "level": _level_name(event_level(event) if level is None else level),
+        "type": event.type,
+        "run_id": event.run_id,
+        "asset": event.asset,
+        "partition": event.partition_key,
+    }
+    for key, value in event.data.items():
+        if key == "error" and value is not None:
+            _error_fields(value, record)
+        else:
+            record[f"data_{key}" if key in _RESERVED else key] = value
+    return record
+
+
+def _default(value: Any) -> Any:
+    """What ``json`` cannot encode itself: dates as ISO text, enums by value, the rest as text."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as text: strict JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# One encoder for every line: json.dumps with options would build a new one per call.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), allow_nan=False)
+
+
+def to_json(record: Mapping[str, Any]) -> str:
+    """One compact line of strict JSON, whatever the values are."""
+    try:
+        return _ENCODER.encode(record)
+    except ValueError:  # NaN or infinity somewhere (a circular structure raises again below)
+        return _ENCODER.encode(_finite(record))
+
+
+class JsonLogs:
+    """Logs each event as one JSON line: through ``logging`` (default) or to ``stream``.
+
+    ``level`` drops less serious events (see ``event_level``) before any work is done for them;
+    through ``logging`` the logger's own level applies as well. Usable as a plain subscriber
+    (``app.events.subscribe(JsonLogs())``) or via ``attach``, which returns the detach function.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        logger: logging.Logger | str | None = None,
+        level: int | str = logging.INFO,
+        flush: bool = True,
+    ) -> None:
+        if stream is not None and logger is not None:
+            raise ValueError("JsonLogs writes to a stream or through a logger, not both")
+        self.stream = stream
+        self.logger: logging.Logger | None = None
+        if stream is None:
+            self.logger = (
+                logger if isinstance(logger, logging.Logger) else logging.getLogger(logger or LOGGER_NAME)
+            )
+        if isinstance(level, str):
+            named = logging.getLevelNamesMapping().get(level.upper())
+            if named is None:
+                raise ValueError(f"unknown log level {level!r}")
+            level = named
+        self.level = level
+        self.flush = flush
+        self._lock = threading.Lock()  # I/O events arrive from worker threads
+
+    def __repr__(self) -> str:
+        target = f"stream={self.stream!r}" if self.logger is None else f"logger={self.logger.name!r}"
+        return f"JsonLogs({target}, level={logging.getLevelName(self.level)})"
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Subscribe to ``bus``; returns the function that detaches again (safe to call twice).
+
+        Event types that can never reach ``level`` (I/O events below DEBUG) are not even built.
+        """
+        quiet = [t for t in ("io.loaded", "io.stored") if _LEVELS[t] < self.level]
+        return _once(bus.subscribe(self, exclude=quiet))
+
+    def __call__(self, event: Event) -> None:
+        level = event_level(event)
+        if level < self.level:
+            return
+        logger = self.logger
+        if logger is None:
+            line = to_json(event_record(event, level)) + "\n"
+            stream = self.stream
+            assert stream is not None
+            with self._lock:
+                stream.write(line)
+                if self.flush:
+                    stream.flush()
+        elif logger.isEnabledFor(level):
+            logger.log(level, to_json(event_record(event, level)), extra={"flowstone_event": event})
+
+
+def _once(detach: Callable[[], None]) -> Callable[[], None]:
+    """``detach`` made idempotent: the second call does nothing."""
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            detach()
+
+    return once
