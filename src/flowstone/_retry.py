@@ -47,7 +47,7 @@ class Retry(FlowStoneError):
         after: float | str | timedelta | None = None,
         max_attempts: int | None = None,
     ) -> None:
-        self.after = None if after is None else parse_duration(after)
+        self.after = None if after is None else _seconds(after, "Retry(after=...)")
         self.max_attempts = max_attempts
         context: dict[str, Any] = {}
         if self.after is not None:
@@ -61,9 +61,9 @@ def _seconds(value: float | str | timedelta, name: str) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise ValueError(f"RetryPolicy {name}: {exc}") from None
+        raise ValueError(f"{name}: {exc}") from None
     if seconds < 0:
-        raise ValueError(f"RetryPolicy {name} must not be negative, got {value!r}")
+        raise ValueError(f"{name} must not be negative, got {value!r}")
     return seconds
 
 
@@ -87,8 +87,8 @@ class RetryPolicy:
             raise ValueError(f"RetryPolicy backoff must be one of {list(BACKOFFS)}, got {self.backoff!r}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"RetryPolicy jitter must be between 0 and 1, got {self.jitter!r}")
-        object.__setattr__(self, "_base_s", _seconds(self.base_delay, "base_delay"))
-        object.__setattr__(self, "_max_s", _seconds(self.max_delay, "max_delay"))
+        object.__setattr__(self, "_base_s", _seconds(self.base_delay, "RetryPolicy base_delay"))
+        object.__setattr__(self, "_max_s", _seconds(self.max_delay, "RetryPolicy max_delay"))
         if self._max_s < self._base_s:
             raise ValueError(
                 f"RetryPolicy max_delay ({self.max_delay}) is below base_delay ({self.base_delay})"

@@ -706,7 +706,7 @@ def test_events_are_emitted_in_order(pipeline: fs.Pipeline, make_app: AppFactory
         ("run.finished", None),
     ]
     assert all(e.run_id == run.run_id for e in events)
-    assert events[0].data == {"steps": 3}
+    assert events[0].data == {"steps": 3, "pipeline": "unit"}
     assert events[4].data["error"]["type"] == "execution_error"
     assert "upstream 'b' failed" in events[5].data["reason"]
     assert events[-1].data == {"status": "failed"}
@@ -857,3 +857,18 @@ def test_a_timed_out_step_is_asked_to_stop_through_its_context(
     assert "abandoned and asked to stop" in error.message
     assert error.context["abandoned_thread"] == "flowstone-timeout-long_loop"
     assert noticed.wait(10), "the abandoned thread never saw context.should_stop"
+
+
+def test_an_interrupted_run_still_tells_its_subscribers_it_ended(
+    pipeline: fs.Pipeline, make_app: AppFactory
+) -> None:
+    @pipeline.asset()
+    def a(context: fs.Context) -> int:
+        raise KeyboardInterrupt
+
+    app = make_app(pipeline)
+    seen: list[fs.Event] = []
+    app.events.subscribe(seen.append)
+    with pytest.raises(KeyboardInterrupt):
+        app.materialize(["a"])
+    assert (seen[-1].type, seen[-1].data) == ("run.finished", {"status": "abandoned"})

@@ -227,6 +227,20 @@ def test_retry_after_sets_the_delay_and_works_without_a_policy(
     assert clock.slept == [30.0, 45.0]
 
 
+def test_retry_after_zero_retries_at_once(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    flaky = Flaky(fs.Retry(after=0))
+
+    @pipeline.asset()
+    def source(context: fs.Context) -> Any:
+        return flaky()
+
+    clock = FakeClock()
+    assert make_app(pipeline, clock=clock).materialize(["source"]).success
+    assert clock.slept == []  # due at once: nothing to wait for
+    with pytest.raises(ValueError, match=r"Retry\(after=...\): duration must be positive: -1"):
+        fs.Retry(after=-1)
+
+
 def test_a_timeout_is_retried(pipeline: fs.Pipeline, make_app: AppFactory, release: threading.Event) -> None:
     calls: list[int] = []
 

@@ -520,13 +520,14 @@ class _Run:
         bind_run = getattr(env.resources, "bind_run", None)
         if callable(bind_run):
             bind_run(self.run_id)  # resource events carry the run id
-        self.emit(RUN_STARTED, steps=len(self.plan.steps))
+        self.emit(RUN_STARTED, steps=len(self.plan.steps), pipeline=env.pipeline.name)
         self.writer = env.store.run_writer(self.run_id)
         try:
             self._loop()
         except BaseException as exc:
             self.executor.shutdown()
             self.writer.discard()
+            self.emit(RUN_FINISHED, status=RunStatus.ABANDONED.value)
             env.store.abandon_run(
                 tenant=env.tenant, run_id=self.run_id, reason=f"interrupted: {type(exc).__name__}"
             )
