@@ -47,6 +47,7 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python benchmarks/partitions.py 365
 	$(BIN)/python benchmarks/partition_scale.py
 	$(BIN)/python benchmarks/io.py 1000000
+	$(BIN)/python benchmarks/telemetry.py 1000
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART)/.flowstone .pytest_cache .mypy_cache .ruff_cache

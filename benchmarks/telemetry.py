@@ -3,8 +3,10 @@ adapters off, each one alone, and all on; then one store-backed scrape over M ma
 
 Adapters as a production process would run them, minus the network: JSON logs at INFO to a
 stream that discards, OpenTelemetry spans through the SDK with a span processor that exports to
-nowhere, in-process Prometheus metrics. Configurations alternate within each repeat so drift on
-a shared host hits them alike; figures are medians. Prints one JSON line.
+nowhere, in-process Prometheus metrics. ``all_otel_api_only`` is the same with the OpenTelemetry
+API alone (what ``flowstone[otel]`` installs; spans are recorded once an SDK is configured), so
+the SDK's own cost per span shows apart from FlowStone's. Configurations alternate within each
+repeat so drift on a shared host hits them alike; figures are medians. Prints one JSON line.
 
     python benchmarks/telemetry.py [N=1000] [M=1000000]
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from _common import arg_n, report, temp_store
 from chain import build
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import generate_latest
@@ -32,7 +35,7 @@ import flowstone as fs
 from flowstone.store import _tables as t
 from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics, enable
 
-REPEATS = 11
+REPEATS = 21
 
 
 class NullStream(io.TextIOBase):
@@ -54,14 +57,18 @@ def tracer_provider() -> TracerProvider:
 def configurations(provider: TracerProvider) -> dict[str, Callable[[fs.FlowStone], Callable[[], None]]]:
     """Ways to attach adapters; each adapter is made once, as a long-lived process keeps its own."""
     logs, spans, metrics = JsonLogs(NullStream()), OpenTelemetrySpans(provider), PrometheusMetrics()
-    quiet_spans = OpenTelemetrySpans(provider, io_events=False)
+    loud_spans = OpenTelemetrySpans(provider, io_events=True)
+    # What `flowstone[otel]` installs: the API alone, spans not recorded until an SDK is set up.
+    api_spans = OpenTelemetrySpans(trace.NoOpTracerProvider())
     return {
         "off": lambda app: lambda: None,
         "json_logs": lambda app: logs.attach(app.events),
         "otel": lambda app: spans.attach(app.events),
-        "otel_without_io_events": lambda app: quiet_spans.attach(app.events),
+        "otel_io_events": lambda app: loud_spans.attach(app.events),
+        "otel_api_only": lambda app: api_spans.attach(app.events),
         "prometheus": lambda app: metrics.attach(app.events),
         "json_logs_and_prometheus": lambda app: enable(app, json_logs=logs, prometheus=metrics),
+        "all_otel_api_only": lambda app: enable(app, json_logs=logs, otel=api_spans, prometheus=metrics),
         "all": lambda app: enable(app, json_logs=logs, otel=spans, prometheus=metrics),
     }
 
@@ -96,6 +103,7 @@ def overhead(n: int) -> dict[str, Any]:
         "off_s": round(off, 4),
         "on_s": round(median["all"], 4),
         "overhead_pct": round((median["all"] / off - 1) * 100, 1),
+        "overhead_otel_api_only_pct": round((median["all_otel_api_only"] / off - 1) * 100, 1),
         "per_adapter_overhead_pct": {
             name: round((median[name] / off - 1) * 100, 1) for name in configs if name not in ("off", "all")
         },

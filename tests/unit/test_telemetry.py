@@ -380,7 +380,19 @@ def test_otel_run_span_nests_under_the_current_span(app: fs.FlowStone) -> None:
     assert run_span.parent is not None and run_span.parent.span_id == job.get_span_context().span_id
     assert run_span.status.status_code is StatusCode.UNSET
     assert run_span.attributes is not None and run_span.attributes["flowstone.status"] == "succeeded"
-    assert "flowstone.pipeline" not in run_span.attributes  # not given, not guessed
+    assert run_span.attributes["flowstone.pipeline"] == "telemetry"  # from the run.started event
+
+
+def test_otel_without_an_sdk_keeps_no_state(app: fs.FlowStone) -> None:
+    from opentelemetry import trace
+
+    spans = OpenTelemetrySpans(trace.NoOpTracerProvider())
+    spans.attach(app.events)
+    seen: list[str] = []
+    app.events.subscribe(lambda e: seen.append(e.type))
+    assert app.materialize(["clean"]).success
+    assert "step.succeeded" in seen
+    assert spans._runs == {}  # nothing recorded, nothing held
 
 
 def test_otel_retries_are_events_on_one_step_span(make_app: AppFactory) -> None:
@@ -599,3 +611,12 @@ def test_importing_flowstone_telemetry_imports_neither_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_json_logs_at_info_write_one_line_per_finished_step(app: fs.FlowStone) -> None:
+    stream = io.StringIO()
+    JsonLogs(stream).attach(app.events)
+    assert not app.events.wants("step.started") and not app.events.wants("io.loaded")
+    assert app.materialize(["clean"]).success
+    types = [json.loads(line)["type"] for line in stream.getvalue().splitlines()]
+    assert types == ["run.started", "step.succeeded", "step.succeeded", "run.finished"]

@@ -32,6 +32,8 @@ LOGGER_NAME = "flowstone.events.json"
 
 # The level of each known event type; unknown types log at INFO (see ``event_level``).
 _LEVELS: dict[str, int] = {
+    # At INFO a step is one line, when it ends (with its duration); its start is DEBUG.
+    "step.started": logging.DEBUG,
     "io.loaded": logging.DEBUG,
     "io.stored": logging.DEBUG,
     "sensor.poll": logging.DEBUG,
@@ -187,7 +189,7 @@ class JsonLogs:
 
         Event types that can never reach ``level`` (I/O events below DEBUG) are not even built.
         """
-        quiet = [t for t in ("io.loaded", "io.stored") if _LEVELS[t] < self.level]
+        quiet = [t for t in ("step.started", "io.loaded", "io.stored") if _LEVELS[t] < self.level]
         return _once(bus.subscribe(self, exclude=quiet))
 
     def __call__(self, event: Event) -> None:

@@ -176,6 +176,11 @@ class OpenTelemetrySpans:
             attributes["flowstone.step_count"] = steps
         # No context given: the span is a child of whatever is current in the caller's thread.
         span = self._tracer.start_span("flowstone.run", attributes=attributes, start_time=_ns(event.at))
+        if not span.is_recording():
+            # No SDK, or the run was sampled out: its step spans would record nothing either,
+            # so the run's other events are skipped at the cost of one dict lookup.
+            span.end()
+            return
         with self._lock:
             self._runs[event.run_id] = _RunSpans(span, self._trace.set_span_in_context(span))
 
