@@ -60,6 +60,7 @@ class EventBus:
     def __init__(self) -> None:
         # (subscriber, the event types it skips); replaced, never mutated, so emit needs no lock
         self._entries: list[tuple[Subscriber, frozenset[str]]] = []
+        self._unwanted: frozenset[str] = frozenset()
 
     def subscribe(self, subscriber: Subscriber, *, exclude: Iterable[str] = ()) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it again.
@@ -68,12 +69,18 @@ class EventBus:
         engine does not even build those events (I/O events are a few per step).
         """
         entry = (subscriber, frozenset(exclude))
-        self._entries = [*self._entries, entry]
+        self._set([*self._entries, entry])
 
         def unsubscribe() -> None:
-            self._entries = [e for e in self._entries if e is not entry]
+            self._set([e for e in self._entries if e is not entry])
 
         return unsubscribe
+
+    def _set(self, entries: list[tuple[Subscriber, frozenset[str]]]) -> None:
+        self._entries = entries
+        # Types every subscriber skips: ``wants`` is one set lookup per call.
+        skipped = [excluded for _, excluded in entries]
+        self._unwanted = frozenset.intersection(*skipped) if skipped else frozenset()
 
     @property
     def has_subscribers(self) -> bool:
@@ -82,7 +89,7 @@ class EventBus:
 
     def wants(self, event_type: str) -> bool:
         """True when some subscriber takes events of ``event_type``."""
-        return any(event_type not in excluded for _, excluded in self._entries)
+        return bool(self._entries) and event_type not in self._unwanted
 
     def emit(self, event: Event) -> None:
         for subscriber, excluded in self._entries:
