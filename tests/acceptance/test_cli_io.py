@@ -94,3 +94,14 @@ def test_unknown_io_manager_type_in_config_is_a_clear_error(project: Project) ->
     result = project.run("check", expect=2)
     assert_no_traceback(result)
     assert "[io.lake]: unknown I/O manager type 'hdfs'" in result.stderr
+
+
+def test_io_options_read_environment_variables(project: Project, tmp_path: Path) -> None:
+    config = project.root / "flowstone.toml"
+    config.write_text(config.read_text() + '\n[io.filesystem]\nroot = "${QUICKSTART_LAKE}"\n')
+    missing = project.run("materialize", "raw_events", "--partition", "2025-01-15", expect=2)
+    assert_no_traceback(missing)
+    assert "[io.filesystem]: root: environment variable QUICKSTART_LAKE is not set" in missing.stderr
+    lake = tmp_path / "lake"
+    project.run("materialize", "raw_events", "--partition", "2025-01-15", env={"QUICKSTART_LAKE": str(lake)})
+    assert (lake / "raw_events" / "p=2025-01-15.pickle").is_file()

@@ -86,7 +86,7 @@ def create(
     ``storage_dir`` is where its default files go, ``store_url`` the metadata database's URL and
     ``base_dir`` the directory relative paths in ``options`` are taken from.
     """
-    options = dict(options or {})
+    options = _with_environment(name, dict(options or {}))
     kind = configured_type(name, options)
     options.pop("type", None)
     cls = builtin_class(kind)
@@ -96,3 +96,34 @@ def create(
         )
     except TypeError as exc:
         raise ConfigurationError(f"[io.{name}]: {exc}", context={"io_manager": name}) from exc
+
+
+def _with_environment(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``"${VAR}"`` and ``{ env = "VAR", default = ... }`` values read from the environment now
+    (managers are made when the app starts); every missing variable is reported at once."""
+    import os
+
+    from flowstone.resources._base import EnvVar
+    from flowstone.resources._config import env_values
+
+    missing: list[str] = []
+
+    def read(value: Any, key: str) -> Any:
+        if isinstance(value, EnvVar):
+            if value.name in os.environ:
+                return os.environ[value.name]
+            if value.required:
+                missing.append(f"{key}: environment variable {value.name} is not set")
+            return value.default
+        if isinstance(value, Mapping):
+            return {k: read(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [read(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    resolved = {key: read(env_values(value), key) for key, value in options.items()}
+    if missing:
+        raise ConfigurationError(
+            f"[io.{name}]: " + "; ".join(missing), context={"io_manager": name, "missing": missing}
+        )
+    return resolved
