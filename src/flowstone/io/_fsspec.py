@@ -34,10 +34,11 @@ import string
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -606,3 +607,24 @@ def checksum_of(fs: Any, path: str, info: FileInfo, ctx: IOContext) -> str:
     checksum = "sha256:" + digest.hexdigest()
     save_checksum(fs, path, checksum, info)
     return checksum
+
+
+def location_from_settings(
+    options: Mapping[str, Any],
+    *,
+    manager: str,
+    known: Sequence[str],
+    key: str,
+    default: Path,
+    base_dir: Path,
+) -> str | os.PathLike[str]:
+    """The location option ``key`` of an ``[io.NAME]`` table (``default`` when absent; a relative
+    local path is taken from ``base_dir``), after refusing options the manager does not know."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise TypeError(f"the {manager} I/O manager has no option {names} (known: {', '.join(known)})")
+    location = options.get(key, default)
+    if isinstance(location, (str, os.PathLike)) and "://" not in os.fspath(location):
+        return Path(base_dir) / Path(os.fspath(location)).expanduser()
+    return location  # type: ignore[no-any-return]

@@ -40,6 +40,7 @@ from flowstone.io._fsspec import (
     is_bucket_store,
     join,
     layout,
+    location_from_settings,
     open_filesystem,
     parse_config,
     quote_part,
@@ -138,14 +139,14 @@ class ObjectStoreIOManager:
     ) -> ObjectStoreIOManager:
         """Built from ``[io.object_store]``: ``url`` (default ``<storage_dir>/objects``; a relative
         local path is taken from ``base_dir``), ``storage_options``, ``format``, ``fsync``."""
-        known = ("url", "storage_options", "format", "fsync")
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            names = ", ".join(map(repr, unknown))
-            raise TypeError(f"the object_store I/O manager has no option {names} (known: {', '.join(known)})")
-        url = options.get("url", storage_dir / "objects")
-        if isinstance(url, (str, os.PathLike)) and "://" not in os.fspath(url):
-            url = Path(base_dir) / Path(os.fspath(url)).expanduser()
+        url = location_from_settings(
+            options,
+            manager="object_store",
+            known=("url", "storage_options", "format", "fsync"),
+            key="url",
+            default=storage_dir / "objects",
+            base_dir=base_dir,
+        )
         try:
             return cls(
                 url=url,

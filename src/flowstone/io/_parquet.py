@@ -51,6 +51,7 @@ from flowstone.io._fsspec import (
     is_local,
     join,
     layout,
+    location_from_settings,
     missing_bucket_error,
     open_filesystem,
     parallel,
@@ -146,14 +147,14 @@ class ParquetIOManager:
     ) -> ParquetIOManager:
         """Built from ``[io.parquet]``: ``root`` (default ``<storage_dir>/parquet``; a relative
         local path is taken from ``base_dir``), ``storage_options``, ``compression``, ``fsync``."""
-        known = ("root", "storage_options", "compression", "fsync")
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            names = ", ".join(map(repr, unknown))
-            raise TypeError(f"the parquet I/O manager has no option {names} (known: {', '.join(known)})")
-        root = options.get("root", storage_dir / "parquet")
-        if isinstance(root, (str, os.PathLike)) and "://" not in os.fspath(root):
-            root = Path(base_dir) / Path(os.fspath(root)).expanduser()
+        root = location_from_settings(
+            options,
+            manager="parquet",
+            known=("root", "storage_options", "compression", "fsync"),
+            key="root",
+            default=storage_dir / "parquet",
+            base_dir=base_dir,
+        )
         try:
             return cls(
                 root=root,
