@@ -258,12 +258,14 @@ class FlowStone:
         actor: str = "api",
         on_start: Callable[[int, int], None] | None = None,
         on_progress: Callable[[dict[str, int]], None] | None = None,
+        executor: str | None = None,
     ) -> BackfillResult:
         """Materialize many partitions of the selected assets as one tracked backfill.
 
         Choose the partitions one way: ``start``/``end`` keys (inclusive), ``partitions``, or
         ``all_partitions=True``. Partitions already materialized and not stale are skipped unless
         ``force``. ``on_start(total, up_to_date)`` and ``on_progress(counts)`` feed progress bars.
+        ``executor`` as for :meth:`materialize` (``"processes"``: a process per step).
         """
         from flowstone.engine._backfill import backfill_keys, run_backfill
 
@@ -291,6 +293,7 @@ class FlowStone:
             actor=actor,
             on_start=on_start,
             on_progress=on_progress,
+            executor=executor,
         )
 
     def resume_backfill(
@@ -301,6 +304,7 @@ class FlowStone:
         actor: str = "api",
         on_start: Callable[[int, int], None] | None = None,
         on_progress: Callable[[dict[str, int]], None] | None = None,
+        executor: str | None = None,
     ) -> BackfillResult:
         """Run again whatever a backfill did not finish (its successes are not redone)."""
         from flowstone.engine._backfill import run_backfill
@@ -315,6 +319,7 @@ class FlowStone:
             actor=actor,
             on_start=on_start,
             on_progress=on_progress,
+            executor=executor,
         )
 
     def cancel_backfill(self, backfill_id: str, *, actor: str = "api", reason: str | None = None) -> bool:

@@ -205,6 +205,14 @@ def check(state: _State, target: str | None) -> None:
     _console().print(f"pipeline '{pipeline.name}' is valid: {len(pipeline.assets)} assets")
 
 
+_EXECUTOR_OPTION = click.option(
+    "--executor",
+    type=click.Choice(["serial", "threads", "processes"]),
+    help="How steps run: one at a time, on threads, or each in its own process (timeouts "
+    "terminate it). Default: serial, or threads with --parallel.",
+)
+
+
 @main.command()
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--partition", help="Partition key to materialize.")
@@ -218,12 +226,7 @@ def check(state: _State, target: str | None) -> None:
     type=click.IntRange(1, 256),
     help="Run independent steps on this many threads (or processes).",
 )
-@click.option(
-    "--executor",
-    type=click.Choice(["serial", "threads", "processes"]),
-    help="How steps run: one at a time, on threads, or each in its own process (timeouts "
-    "terminate it). Default: serial, or threads with --parallel.",
-)
+@_EXECUTOR_OPTION
 @_pass_state
 def materialize(
     state: _State,
@@ -600,6 +603,7 @@ def _run_backfill_with_bar(state: _State, start: Callable[..., Any]) -> None:
 @click.option("--all", "all_partitions", is_flag=True, help="Every partition of the selected assets.")
 @click.option("--force", is_flag=True, help="Re-run partitions that are already materialized and fresh.")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 256))
+@_EXECUTOR_OPTION
 @_pass_state
 def backfill_start(
     state: _State,
@@ -610,6 +614,7 @@ def backfill_start(
     all_partitions: bool,
     force: bool,
     parallel: int,
+    executor: str | None,
 ) -> None:
     app = state.app()
     keys = _split_keys(partition_list)
@@ -623,6 +628,7 @@ def backfill_start(
             all_partitions=all_partitions,
             force=force,
             parallel=parallel,
+            executor=executor,
             **kwargs,
         )
 
@@ -691,11 +697,14 @@ def backfill_cancel(state: _State, backfill_id: str, reason: str | None) -> None
 @backfill.command("resume")
 @click.argument("backfill_id")
 @click.option("--parallel", type=click.IntRange(1, 256), help="Override the backfill's parallelism.")
+@_EXECUTOR_OPTION
 @_pass_state
-def backfill_resume(state: _State, backfill_id: str, parallel: int | None) -> None:
+def backfill_resume(state: _State, backfill_id: str, parallel: int | None, executor: str | None) -> None:
     """Run again whatever a backfill did not finish."""
     app = state.app()
-    _run_backfill_with_bar(state, lambda **kw: app.resume_backfill(backfill_id, parallel=parallel, **kw))
+    _run_backfill_with_bar(
+        state, lambda **kw: app.resume_backfill(backfill_id, parallel=parallel, executor=executor, **kw)
+    )
 
 
 @main.command()

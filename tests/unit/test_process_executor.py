@@ -159,3 +159,20 @@ def test_a_value_that_cannot_come_back_is_still_stored(pipeline: fs.Pipeline, ma
         _ = run.steps["once"].value
     assert isinstance(app.load("once"), PicklesOnce)
     assert PicklesOnce.pickled == 0  # all the pickling happened in the step's process
+
+
+def test_a_backfill_can_run_its_steps_in_processes(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    days = fs.DailyPartitions(start="2025-01-01")
+
+    @pipeline.asset(partitioned_by=days)
+    def daily(context: fs.Context) -> dict[str, Any]:
+        return {"day": context.partition_key, "pid": os.getpid()}
+
+    app = make_app(pipeline)
+    result = app.backfill(["daily"], start="2025-01-01", end="2025-01-04", parallel=2, executor="processes")
+    assert result.status.value == "succeeded"
+    values = [app.load("daily", partition=f"2025-01-0{d}") for d in range(1, 5)]
+    assert [v["day"] for v in values] == [f"2025-01-0{d}" for d in range(1, 5)]
+    assert os.getpid() not in {v["pid"] for v in values}
+    [run] = app.runs(limit=1)
+    assert run.executor == "processes"

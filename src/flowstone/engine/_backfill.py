@@ -170,6 +170,7 @@ def run_backfill(
     actor: str,
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[dict[str, int]], None] | None = None,
+    executor: str | None = None,
 ) -> BackfillResult:
     """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
     store, tenant = app.store, app.tenant
@@ -243,6 +244,7 @@ def run_backfill(
             actor=actor,
             backfill_id=record.id,
             cancelled=lambda: store.cancel_requested(tenant=tenant, backfill_id=record.id),
+            executor=executor,
         )
     except BaseException as exc:
         store.finish_backfill(
