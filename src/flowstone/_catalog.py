@@ -22,12 +22,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowstone._errors import ValidationError
 from flowstone._records import Materialization
+from flowstone.engine._planner import typed_partition
 from flowstone.io._base import UpstreamVersion
 from flowstone.io._filesystem import SIDECAR_SUFFIX, FilesystemIOManager, read_sidecar
 
 if TYPE_CHECKING:
     from flowstone._app import FlowStone
+    from flowstone.engine._planner import Resolve
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def _checksum(path: Path) -> str:
 
 
 def _read(
-    app: FlowStone, path: Path, io_manager: str
+    app: FlowStone, path: Path, io_manager: str, resolve: Resolve
 ) -> tuple[CatalogEntry, Materialization | None, list[UpstreamVersion]]:
     sidecar = read_sidecar(path)
     if sidecar is None:
@@ -104,6 +107,11 @@ def _read(
         return skip(f"asset '{asset}' is not in pipeline '{app.pipeline.name}'")
     if (definition.partitioned_by is None) != (key is None):
         return skip(f"partition key {key!r} does not fit asset '{asset}' (partitioned or not)")
+    if key is not None:
+        try:
+            typed_partition(resolve(str(asset)), str(asset), str(key))
+        except ValidationError as exc:
+            return skip(exc.message)
     value = path.parent / str(sidecar["value_file"])
     if not value.is_file():
         return skip(f"value file {value.name} is missing")
@@ -148,6 +156,7 @@ def rebuild_catalog(app: FlowStone, *, dry_run: bool = False, actor: str = "api"
     report = CatalogReport(dry_run=dry_run)
     found: list[tuple[CatalogEntry, Materialization, list[UpstreamVersion]]] = []
     seen_roots: set[Path] = set()
+    resolve = app.resolver()
     for name, manager in sorted(app.io_managers.items()):
         if not isinstance(manager, FilesystemIOManager) or not manager.sidecars:
             continue
@@ -156,7 +165,7 @@ def rebuild_catalog(app: FlowStone, *, dry_run: bool = False, actor: str = "api"
             continue
         seen_roots.add(root)
         for path in _sidecars(manager, app.tenant):
-            entry, mat, upstream = _read(app, path, name)
+            entry, mat, upstream = _read(app, path, name, resolve)
             if mat is None:
                 report.entries.append(entry)
             else:

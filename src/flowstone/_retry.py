@@ -93,7 +93,12 @@ class RetryPolicy:
             raise ValueError(
                 f"RetryPolicy max_delay ({self.max_delay}) is below base_delay ({self.base_delay})"
             )
-        retry_on = self.retry_on if isinstance(self.retry_on, tuple) else tuple(self.retry_on)
+        raw: Any = self.retry_on
+        if isinstance(raw, type):  # retry_on=TimeoutError, one type without a tuple
+            raw = (raw,)
+        if not isinstance(raw, (tuple, list, set, frozenset)):
+            raise ValueError(f"RetryPolicy retry_on must list exception types, got {raw!r}")
+        retry_on = tuple(raw)
         for kind in retry_on:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise ValueError(f"RetryPolicy retry_on must list exception types, got {kind!r}")

@@ -117,6 +117,20 @@ def test_values_that_do_not_match_their_sidecar_are_skipped_not_recorded(
     (storage / "raw" / "p=2025-01-02.pickle").write_bytes(b"edited by hand")
     (storage / "raw" / "p=2025-01-03.pickle").unlink()
     (storage / "clean" / "p=2025-01-03._asset.json").write_text("{not json")
+    bad_key = json.loads((storage / "clean" / "p=2025-01-02._asset.json").read_text())
+    (storage / "clean" / "p=2025-02-31.pickle").write_bytes(
+        (storage / "clean" / "p=2025-01-02.pickle").read_bytes()
+    )
+    (storage / "clean" / "p=2025-02-31._asset.json").write_text(
+        json.dumps(
+            {
+                **bad_key,
+                "partition_key": "2025-02-31",
+                "materialization_id": "y" * 32,
+                "value_file": "p=2025-02-31.pickle",
+            }
+        )
+    )
     stray = storage / "raw" / "p=2025-01-09._asset.json"
     stray.write_text(json.dumps({"flowstone_sidecar": 1, "asset": "raw", "partition_key": "2025-01-09"}))
     other = storage / "nope" / "value._asset.json"
@@ -127,6 +141,9 @@ def test_values_that_do_not_match_their_sidecar_are_skipped_not_recorded(
     with fs.FlowStone(chain(), store=rebuilt_url, storage_dir=storage) as rebuilt:
         report = rebuilt.rebuild_catalog()
         reasons = {Path(e.path).relative_to(storage).as_posix(): e.reason for e in report.entries if e.reason}
+        bad_key_reason = reasons.pop("clean/p=2025-02-31._asset.json")
+        assert bad_key_reason is not None
+        assert "partition '2025-02-31' is not valid for asset 'clean'" in bad_key_reason
         assert reasons == {
             "raw/p=2025-01-02._asset.json": "p=2025-01-02.pickle changed since its sidecar was written "
             "(checksum mismatch)",

@@ -71,6 +71,13 @@ def test_invalid_policies_are_refused(kwargs: dict[str, Any], message: str) -> N
         fs.RetryPolicy(**kwargs)
 
 
+def test_retry_on_takes_one_type_without_a_tuple() -> None:
+    assert fs.RetryPolicy(retry_on=TimeoutError).retry_on == (TimeoutError,)
+    assert fs.RetryPolicy(retry_on=[KeyError, OSError]).retry_on == (KeyError, OSError)
+    with pytest.raises(ValueError, match="retry_on must list exception types, got 'TimeoutError'"):
+        fs.RetryPolicy(retry_on="TimeoutError")  # type: ignore[arg-type]
+
+
 def test_retry_must_be_a_policy(pipeline: fs.Pipeline) -> None:
     with pytest.raises(fs.DefinitionError, match=r"retry must be fs.RetryPolicy\(...\), got int"):
 

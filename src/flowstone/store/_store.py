@@ -652,12 +652,17 @@ class Store:
             latest: dict[tuple[str, str], Materialization] = {}
             for m in new:  # in finished_at order: the last one per partition wins
                 latest[(m.asset, _key_in(m.partition_key))] = m
-            for (asset, key), m in latest.items():
-                row = conn.execute(
-                    sa.select(ap.success_at).where(
-                        ap.tenant_id == tenant, ap.asset == asset, ap.partition_key == key
+            # The current success time of every partition touched, a chunk of keys per asset.
+            current: dict[tuple[str, str], datetime | None] = {}
+            for asset in sorted({a for a, _ in latest}):
+                keys = sorted(k for a, k in latest if a == asset)
+                for chunk in _batches(keys, 500):
+                    query = sa.select(ap.partition_key, ap.success_at).where(
+                        ap.tenant_id == tenant, ap.asset == asset, ap.partition_key.in_(chunk)
                     )
-                ).first()
+                    current.update({(asset, k): _utc(at) for k, at in conn.execute(query)})
+            inserts: list[dict[str, Any]] = []
+            for (asset, key), m in latest.items():
                 values = {
                     "last_status": "success",
                     "last_run_id": m.run_id,
@@ -669,17 +674,16 @@ class Store:
                     "code_version": m.code_version,
                     "stale_since": None,
                 }
-                if row is None:
-                    conn.execute(
-                        t.asset_partitions.insert(),
-                        {"tenant_id": tenant, "asset": asset, "partition_key": key, **values},
-                    )
-                elif (_utc(row.success_at) or m.finished_at) <= m.finished_at:
+                if (asset, key) not in current:
+                    inserts.append({"tenant_id": tenant, "asset": asset, "partition_key": key, **values})
+                elif (current[(asset, key)] or m.finished_at) <= m.finished_at:
                     conn.execute(
                         t.asset_partitions.update()
                         .where(ap.tenant_id == tenant, ap.asset == asset, ap.partition_key == key)
                         .values(**values)
                     )
+            if inserts:
+                conn.execute(t.asset_partitions.insert(), inserts)
             self._audit(
                 conn,
                 tenant=tenant,
