@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from flowstone.engine._result import RunResult
     from flowstone.engine._status import AssetStatus
     from flowstone.partitions import PartitionsDefinition
+    from flowstone.queue._config import QueueConfig
+    from flowstone.queue._run_queue import Progress, RunQueue
     from flowstone.store._store import Store
 
 DEFAULT_STORE = ".flowstone/flowstone.db"
@@ -59,6 +61,7 @@ class FlowStone:
         tenant: str = "default",
         storage_dir: str | Path | None = None,
         clock: Clock | None = None,
+        queue: QueueConfig | None = None,
     ) -> None:
         from flowstone.io._filesystem import FilesystemIOManager
         from flowstone.io._memory import MemoryIOManager
@@ -76,6 +79,10 @@ class FlowStone:
         self.pipeline = pipeline
         self.tenant = tenant
         self.clock: Clock = clock or SystemClock()
+        from flowstone.queue._config import QueueConfig
+
+        self.queue_config = queue or QueueConfig()
+        self._run_queue: RunQueue | None = None
         if store is None:
             store = "sqlite:///" + str(Path(DEFAULT_STORE).resolve())
         self.store = Store.open(store)
@@ -221,7 +228,15 @@ class FlowStone:
         cancelled: Callable[[], bool] | None = None,
         executor: str | None = None,
     ) -> RunResult:
-        """Run a plan made by :meth:`plan` (what ``materialize`` does after planning)."""
+        """Run a plan made by :meth:`plan` (what ``materialize`` does after planning).
+
+        ``executor="queue"`` submits it to the run queue (PostgreSQL stores only) and waits for
+        ``flowstone worker`` processes to run it; :meth:`submit` returns at once instead.
+        """
+        if executor == "queue":
+            run_id = self.submit_plan(plan, actor=actor, backfill_id=backfill_id)
+            self.wait_run(run_id)
+            return self.run_result(run_id)
         from flowstone.engine._runner import RunEnv, execute_plan
         from flowstone.resources._runtime import RunResources
 
@@ -244,6 +259,105 @@ class FlowStone:
             )
         finally:
             resources.teardown()
+
+    # ------------------------------------------------------------------ the run queue
+    def run_queue(self) -> RunQueue:
+        """The run queue on this store (PostgreSQL only); workers are ``flowstone worker``."""
+        if self._run_queue is None:
+            from flowstone.queue._run_queue import RunQueue
+
+            self._run_queue = RunQueue(self.store, self.pipeline, config=self.queue_config)
+        return self._run_queue
+
+    def submit(
+        self,
+        selection: str | Iterable[str | AssetDefinition[..., Any]],
+        *,
+        partition: str | None = None,
+        partitions: Sequence[str] | None = None,
+        force: bool = False,
+        stale: bool = False,
+        actor: str = "api",
+        priority: int | None = None,
+    ) -> str:
+        """Enqueue a run for workers and return its id at once (``materialize`` that does not wait).
+
+        Interactive runs carry a higher ``priority`` than backfills by default.
+        """
+        plan = self.plan(selection, partition=partition, partitions=partitions, force=force, stale=stale)
+        return self.submit_plan(plan, actor=actor, priority=priority)
+
+    def submit_plan(
+        self,
+        plan: Plan,
+        *,
+        actor: str = "api",
+        priority: int | None = None,
+        backfill_id: str | None = None,
+    ) -> str:
+        from flowstone.queue._config import PRIORITY_BACKFILL, PRIORITY_INTERACTIVE
+
+        if priority is None:
+            priority = PRIORITY_BACKFILL if backfill_id else PRIORITY_INTERACTIVE
+        return self.run_queue().submit(
+            plan, tenant=self.tenant, actor=actor, priority=priority, backfill_id=backfill_id
+        )
+
+    def wait_run(
+        self, run_id: str, *, timeout: float | None = None, on_progress: Progress | None = None
+    ) -> RunRecord:
+        """Wait until a queue run ends (polling the store); returns its record."""
+        self.run_queue().wait(
+            tenant=self.tenant, run_id=run_id, timeout=timeout, on_progress=on_progress, clock=self.clock
+        )
+        found = self.store.get_run(tenant=self.tenant, run_id=run_id)
+        assert found is not None
+        return found
+
+    def cancel_run(self, run_id: str, *, actor: str = "api", reason: str | None = None) -> bool:
+        """Cancel a queue run: steps not started are dropped, running ones asked to stop."""
+        return self.run_queue().cancel(tenant=self.tenant, run_id=run_id, actor=actor, reason=reason)
+
+    def run_result(self, run_id: str) -> RunResult:
+        """A finished run's outcome from the store (values are not kept)."""
+        from flowstone._errors import FlowStoneError
+        from flowstone.engine._result import RunResult, StepResult, StepResults
+        from flowstone.store._store import utcnow
+
+        found = self.run(run_id)
+        if found is None:
+            raise ValidationError(f"no run {run_id!r}", context={"run_id": run_id})
+        record, steps = found
+        results = []
+        for step in steps:
+            mat = (
+                self.store.get_materialization(tenant=self.tenant, materialization_id=step.materialization_id)
+                if step.materialization_id
+                else None
+            )
+            error = None
+            if step.error_type:
+                error = FlowStoneError(step.error_message or step.error_type)
+                error.type = step.error_type  # type: ignore[misc]
+            results.append(
+                StepResult(
+                    step.asset,
+                    step.partition_key,
+                    step.status,
+                    materialization=mat,
+                    error=error,
+                    reason=step.reason,
+                    duration_ms=step.duration_ms,
+                    attempts=max(1, step.attempt),
+                )
+            )
+        return RunResult(
+            run_id=record.id,
+            status=record.status,
+            steps=StepResults(results),
+            started_at=record.started_at or record.created_at,
+            finished_at=record.finished_at or utcnow(),
+        )
 
     def backfill(
         self,
@@ -325,9 +439,14 @@ class FlowStone:
     def cancel_backfill(self, backfill_id: str, *, actor: str = "api", reason: str | None = None) -> bool:
         """Ask a running backfill to stop: queued steps are skipped, running ones finish."""
         record = self.get_backfill(backfill_id)
-        return self.store.request_cancel(
+        requested = self.store.request_cancel(
             tenant=self.tenant, backfill_id=record.id, actor=actor, reason=reason
         )
+        # A backfill on the queue runs in workers: cancel its run there.
+        for run in self.store.list_runs(tenant=self.tenant, limit=1000, backfill_id=record.id):
+            if run.executor == "queue" and not run.status.finished:
+                requested = self.cancel_run(run.id, actor=actor, reason=reason) or requested
+        return requested
 
     def get_backfill(self, backfill_id: str) -> BackfillRecord:
         record = self.store.get_backfill(tenant=self.tenant, backfill_id=backfill_id)

@@ -71,6 +71,9 @@ class AssetDefinition(Generic[P, R]):
     timeout: float | None = None
     ins: Mapping[str, In] = field(default_factory=dict)
     retry: RetryPolicy | None = None
+    # Queue runs: the queue its steps' jobs go to, and the named pool whose limit they count in.
+    queue: str | None = None
+    pool: str | None = None
     location: str = "<unknown>"
     # Parameter name -> dependency name, for the values passed to ``fn``; ``**kwargs`` gets the rest.
     params: tuple[str, ...] = ()
@@ -165,6 +168,8 @@ def build_asset(
     timeout: str | float | timedelta | None = None,
     ins: Mapping[str, In] | None = None,
     retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    pool: str | None = None,
 ) -> AssetDefinition[P, R]:
     """Check one decorator's options against its function and build the definition."""
     location = location_of(fn)
@@ -225,6 +230,14 @@ def build_asset(
             asset=asset_name,
             location=location,
         )
+
+    for option, value in (("queue", queue), ("pool", pool)):
+        if value is not None and not (isinstance(value, str) and value.replace("-", "_").isidentifier()):
+            raise _fail(
+                f"{option} must be a name (letters, digits, _ and -), got {value!r}",
+                asset=asset_name,
+                location=location,
+            )
 
     params, var_kwargs, required = _signature(fn, asset=asset_name, location=location)
     if depends_on is None:
@@ -288,6 +301,8 @@ def build_asset(
         timeout=timeout_s,
         ins=dict(ins or {}),
         retry=retry,
+        queue=queue,
+        pool=pool,
         location=location,
         params=tuple(p for p in params if p in deps),
         takes_var_kwargs=var_kwargs,

@@ -19,6 +19,9 @@ relative SQLite URLs, are taken from there::
     type = "sql"
     url = "${WAREHOUSE_URL}"
 
+    [queue]                                        # queue workers (flowstone.queue._config)
+    tenant_limit = 8
+
     [profiles.test]                                # --profile test / FLOWSTONE_PROFILE=test
     store = "sqlite:///.flowstone/test.db"
     [profiles.test.resources.warehouse]
@@ -44,8 +47,8 @@ from flowstone.resources._config import build_resources, check_resource_tables
 
 __all__ = ["ENV", "KEYS", "PROFILE_ENV", "Settings", "build_resources", "find_config", "load_settings"]
 
-KEYS = {"pipeline", "store", "storage", "tenant", "io", "resources", "profiles"}
-TABLES = {"io", "resources", "profiles"}
+KEYS = {"pipeline", "store", "storage", "tenant", "io", "resources", "profiles", "queue"}
+TABLES = {"io", "resources", "profiles", "queue"}
 PROFILE_ENV = "FLOWSTONE_PROFILE"
 ENV = {
     "pipeline": "FLOWSTONE_PIPELINE",
@@ -67,6 +70,8 @@ class Settings:
     # [resources.NAME] tables as written (``"${VAR}"`` still text); build_resources() makes objects.
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     profile: str | None = None  # the profile applied, if any
+    # [queue] as written: limits and timings of queue workers (flowstone.queue.QueueConfig).
+    queue: Mapping[str, Any] = field(default_factory=dict)
 
 
 def find_config(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -145,6 +150,7 @@ def load_settings(
         check_resource_tables(f"{path}: (with profile {profile!r})", values.get("resources", {}))
     io = values.pop("io", {})
     resources = values.pop("resources", {})
+    queue = values.pop("queue", {})
     merged: dict[str, str] = dict(values)
     for key, var in ENV.items():
         if environ.get(var):
@@ -165,6 +171,7 @@ def load_settings(
         io=io,
         resources=resources,
         profile=profile,
+        queue=queue,
     )
 
 
@@ -182,6 +189,15 @@ def _check_values(path: Path | None, values: Mapping[str, Any], *, where: str, p
                 raise ConfigurationError(f"{path}: {where}[resources] must hold one table per resource")
         elif key == "resources":
             check_resource_tables(f"{path}: {where}".rstrip(": "), value)
+        elif key == "queue":
+            from flowstone.queue._config import QueueConfig
+
+            if not isinstance(value, dict):
+                raise ConfigurationError(f"{path}: {where}[queue] must be a table")
+            try:
+                QueueConfig.from_table(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{path}: {where}{exc.message}", context=exc.context) from None
         elif key not in TABLES and not isinstance(value, str):
             raise ConfigurationError(f"{path}: {where}setting {key!r} must be a string, got {value!r}")
 

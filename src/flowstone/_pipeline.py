@@ -46,7 +46,14 @@ class Pipeline:
         io_managers: Mapping[str, Any] | None = None,
         default_io_manager: str = "filesystem",
         retry_policy: RetryPolicy | None = None,
+        pool_limits: Mapping[str, int] | None = None,
     ) -> None:
+        for pool, limit in (pool_limits or {}).items():
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"pool_limits[{pool!r}] must be a positive integer, got {limit!r}")
+        # How many steps of each named pool (asset option ``pool=``) may run at once across all
+        # queue workers, e.g. {"warehouse": 4}.
+        self.pool_limits: dict[str, int] = dict(pool_limits or {})
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be fs.RetryPolicy(...), got {type(retry_policy).__name__}")
         self.retry_policy = retry_policy
@@ -85,6 +92,8 @@ class Pipeline:
         timeout: str | float | timedelta | None = None,
         ins: Mapping[str, In] | None = None,
         retry: RetryPolicy | None = None,
+        queue: str | None = None,
+        pool: str | None = None,
     ) -> Callable[[Callable[P, R]], AssetDefinition[P, R]]: ...
 
     def asset(

@@ -27,6 +27,7 @@ class RunStatus(enum.StrEnum):
 
 class StepStatus(enum.StrEnum):
     PENDING = "pending"
+    QUEUED = "queued"  # queue runs: its job is waiting for a worker
     RUNNING = "running"
     RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"

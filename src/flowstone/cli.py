@@ -112,6 +112,7 @@ class _State:
     def app(self) -> FlowStone:
         if self._app is None:
             from flowstone._app import FlowStone
+            from flowstone.queue._config import QueueConfig
 
             settings = self.settings
             self._app = FlowStone(
@@ -121,6 +122,7 @@ class _State:
                 storage_dir=settings.storage_dir,
                 io_managers=self.io_managers(),
                 resources=build_resources(settings),
+                queue=QueueConfig.from_table(settings.queue),
             )
         return self._app
 
@@ -207,9 +209,10 @@ def check(state: _State, target: str | None) -> None:
 
 _EXECUTOR_OPTION = click.option(
     "--executor",
-    type=click.Choice(["serial", "threads", "processes"]),
-    help="How steps run: one at a time, on threads, or each in its own process (timeouts "
-    "terminate it). Default: serial, or threads with --parallel.",
+    type=click.Choice(["serial", "threads", "processes", "queue"]),
+    help="How steps run: one at a time, on threads, each in its own process (timeouts "
+    "terminate it), or on the run queue for `flowstone worker` processes (PostgreSQL store; "
+    "returns the run id at once unless --wait). Default: serial, or threads with --parallel.",
 )
 
 
@@ -227,6 +230,7 @@ _EXECUTOR_OPTION = click.option(
     help="Run independent steps on this many threads (or processes).",
 )
 @_EXECUTOR_OPTION
+@click.option("--wait", is_flag=True, help="With --executor queue: follow the run until it ends.")
 @_pass_state
 def materialize(
     state: _State,
@@ -237,6 +241,7 @@ def materialize(
     stale: bool,
     parallel: int,
     executor: str | None,
+    wait: bool,
 ) -> None:
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
     app = state.app()
@@ -256,6 +261,12 @@ def materialize(
             f"materializing {len(plan.steps)} step(s)" + (f" for partition {partition}" if partition else ""),
             markup=False,
         )
+
+    if executor == "queue":
+        from flowstone._cli_queue import submit_and_follow
+
+        submit_and_follow(app, plan, wait=wait, verbose=state.verbose)
+        return
 
     def show(event: Event) -> None:
         where = escape(f"{event.asset} [{event.partition_key}]" if event.partition_key else f"{event.asset}")
@@ -632,6 +643,11 @@ def backfill_start(
             **kwargs,
         )
 
+    if executor == "queue":
+        result = go(actor=f"user:{getpass.getuser()}")
+        _show_backfill(result.backfill)
+        _console().print("queued for `flowstone worker`; follow it with `flowstone backfill status`")
+        return
     _run_backfill_with_bar(state, go)
 
 
@@ -910,10 +926,13 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_extra_commands() -> None:
     from flowstone._cli_doctor import doctor
+    from flowstone._cli_queue import run_cancel, worker
     from flowstone.telemetry._cli import metrics
 
     main.add_command(doctor)
     main.add_command(metrics)
+    main.add_command(worker)
+    run.add_command(run_cancel)
 
 
 _register_extra_commands()

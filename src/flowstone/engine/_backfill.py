@@ -232,6 +232,12 @@ def run_backfill(
             ),
             context={"backfill_id": record.id, "status": current.status.value},
         )
+    if executor == "queue":
+        # Workers run it; the transaction that ends its run ends the backfill too.
+        app.submit_plan(plan, actor=actor, backfill_id=record.id)
+        queued = store.get_backfill(tenant=tenant, backfill_id=record.id)
+        assert queued is not None
+        return BackfillResult(queued, None)
     progress = _Progress(app, record.id, counts, targets, on_progress)
     unsubscribe = app.events.subscribe(progress)
     run: RunResult | None = None

@@ -131,6 +131,9 @@ class RunEnv:
     clock: Clock = field(default_factory=SystemClock)
     # True when the executor enforces timeouts itself (the process executor terminates the step).
     external_timeouts: bool = False
+    # Called with each step's Context before the asset runs (the queue worker keeps it to ask
+    # the step to stop when its run is cancelled).
+    on_context: Callable[[Context], None] | None = None
     _param_types: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
@@ -373,6 +376,8 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
             resources=Resources(asset.name, env.resources, asset.requires),
         )
         kwargs = inputs if asset.takes_var_kwargs else {p: inputs[p] for p in asset.params}
+        if env.on_context is not None:
+            env.on_context(context)
         stage = "execute"
         result = _call_with_timeout(
             lambda: asset.fn(context, **kwargs), None if env.external_timeouts else asset.timeout, context
@@ -448,6 +453,54 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
         return _Computed(
             started_at, (time.perf_counter() - t0) * 1000, error=error, traceback=format_traceback(exc)
         )
+
+
+def build_materialization(
+    env: RunEnv,
+    key: StepKey,
+    computed: _Computed,
+    status: str,
+    *,
+    materialization_id: str,
+    run_id: str,
+    attempt: int,
+    retry_delay: float | None = None,
+) -> Materialization:
+    """The record of one attempt of step ``key`` (``status`` success or failed)."""
+    asset = env.pipeline.assets[key[0]]
+    stored = computed.stored
+    error = computed.error
+    data_version = None
+    if status == "success":
+        data_version = computed.data_version or (stored.checksum if stored else None) or materialization_id
+    return Materialization(
+        id=materialization_id,
+        data_version=data_version,
+        run_id=run_id,
+        asset=key[0],
+        partition_key=key[1],
+        status=status,
+        started_at=computed.started_at,
+        finished_at=utcnow(),
+        duration_ms=computed.duration_ms,
+        value_hash=stored.checksum if stored else None,
+        value_size=stored.size_bytes if stored else None,
+        io_manager=env.io_manager_name(asset),
+        code_version=asset.code_version,
+        host=HOST,
+        pid=os.getpid(),
+        attempt=attempt,
+        metadata={
+            **(stored.as_metadata() if stored else {}),
+            **(computed.metadata or {}),
+            **({"retry_delay_s": round(retry_delay, 3)} if retry_delay is not None else {}),
+        },
+        error_type=error.type if error else None,
+        error_message=error.message if error else None,
+        error_traceback=computed.traceback,
+        retryable=error.retryable if error else None,
+        tenant=env.tenant,
+    )
 
 
 class _Run:
@@ -712,40 +765,15 @@ class _Run:
     def _materialization(
         self, key: StepKey, computed: _Computed, status: str, *, retry_delay: float | None = None
     ) -> Materialization:
-        asset = self.env.pipeline.assets[key[0]]
-        stored = computed.stored
-        error = computed.error
-        mat_id = self.pending_mat_ids.pop(key, None) or new_id()
-        data_version = None
-        if status == "success":
-            data_version = computed.data_version or (stored.checksum if stored else None) or mat_id
-        return Materialization(
-            id=mat_id,
-            data_version=data_version,
+        return build_materialization(
+            self.env,
+            key,
+            computed,
+            status,
+            materialization_id=self.pending_mat_ids.pop(key, "") or new_id(),
             run_id=self.run_id,
-            asset=key[0],
-            partition_key=key[1],
-            status=status,
-            started_at=computed.started_at,
-            finished_at=utcnow(),
-            duration_ms=computed.duration_ms,
-            value_hash=stored.checksum if stored else None,
-            value_size=stored.size_bytes if stored else None,
-            io_manager=self.env.io_manager_name(asset),
-            code_version=asset.code_version,
-            host=HOST,
-            pid=os.getpid(),
             attempt=self.attempts.get(key, 1),
-            metadata={
-                **(stored.as_metadata() if stored else {}),
-                **(computed.metadata or {}),
-                **({"retry_delay_s": round(retry_delay, 3)} if retry_delay is not None else {}),
-            },
-            error_type=error.type if error else None,
-            error_message=error.message if error else None,
-            error_traceback=computed.traceback,
-            retryable=error.retryable if error else None,
-            tenant=self.env.tenant,
+            retry_delay=retry_delay,
         )
 
     def _record(self, key: StepKey, computed: _Computed, event: Event) -> Materialization:

@@ -362,6 +362,8 @@ class Store:
                 sa.select(t.runs.c.id, t.runs.c.host, t.runs.c.pid, t.runs.c.heartbeat_at).where(
                     t.runs.c.tenant_id == tenant,
                     t.runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.QUEUED.value]),
+                    # Queue runs belong to no process: workers come and go, the reaper recovers.
+                    t.runs.c.executor != "queue",
                 )
             ).all()
             dead: list[str] = []

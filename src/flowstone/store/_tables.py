@@ -42,6 +42,11 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     # The backfill that launched this run, if any (a backfill runs as one or more runs).
     sa.Column("backfill_id", sa.String(_ID)),
+    # Queue runs (executor "queue"): steps not yet finished, counted down by the workers' finish
+    # transactions; the one that reaches 0 ends the run. Cancel asks workers to stop.
+    sa.Column("steps_left", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_flowstone_runs_tenant_created", "tenant_id", "created_at"),
     sa.Index("ix_flowstone_runs_status", "status"),
     sa.Index("ix_flowstone_runs_backfill", "backfill_id"),
@@ -68,8 +73,62 @@ run_steps = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("error_type", sa.String(64)),
     sa.Column("error_message", sa.Text),
+    # Queue runs only. ``waiting``: upstream steps of this run not succeeded yet (the transaction
+    # that takes it to 0 enqueues the step). ``spec``: what the worker needs to run the step
+    # (its input groups and the materializations it reads from outside the run). ``job_id``:
+    # the queue job that currently owns the step (a stale job finds another id and does nothing).
+    # ``coalesced_into``: the queued step of another run this request joined instead of running.
+    sa.Column("waiting", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("spec", sa.JSON),
+    sa.Column("job_id", sa.BigInteger),
+    sa.Column("coalesced_into", sa.String(_ID)),
     sa.UniqueConstraint("run_id", "asset", "partition_key", name="uq_flowstone_run_steps_identity"),
     sa.Index("ix_flowstone_run_steps_asset", "tenant_id", "asset", "partition_key"),
+)
+_coalesced = run_steps.c.coalesced_into.is_not(None)
+sa.Index(
+    "ix_flowstone_run_steps_coalesced",
+    run_steps.c.coalesced_into,
+    sqlite_where=_coalesced,
+    postgresql_where=_coalesced,
+)
+
+# Queue runs: which step of a run waits for which (the graph the workers hand off along).
+run_step_deps = sa.Table(
+    "flowstone_run_step_deps",
+    metadata,
+    _tenant(),
+    sa.Column(
+        "run_id", sa.String(_ID), sa.ForeignKey("flowstone_runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("upstream_step_id", sa.String(_ID), nullable=False),
+    sa.Column("step_id", sa.String(_ID), nullable=False),
+    sa.PrimaryKeyConstraint("upstream_step_id", "step_id", name="pk_flowstone_run_step_deps"),
+    sa.Index("ix_flowstone_run_step_deps_run", "run_id"),
+    sa.Index("ix_flowstone_run_step_deps_step", "step_id"),
+)
+
+# At most one running materialization per (tenant, asset, partition), whoever runs it: a worker
+# inserts its claim in the transaction that starts the step and deletes it in the one that
+# records the outcome. The primary key is the guarantee; the reaper frees claims of dead workers.
+step_claims = sa.Table(
+    "flowstone_step_claims",
+    metadata,
+    _tenant(),
+    sa.Column("asset", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("run_id", sa.String(_ID), nullable=False),
+    sa.Column("step_id", sa.String(_ID), nullable=False),
+    sa.Column("job_id", sa.BigInteger),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(255), nullable=False),
+    sa.Column("queue", sa.String(128), nullable=False),
+    sa.Column("pool", sa.String(128)),
+    sa.Column("claimed_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("tenant_id", "asset", "partition_key", name="pk_flowstone_step_claims"),
+    sa.Index("ix_flowstone_step_claims_pool", "pool"),
+    sa.Index("ix_flowstone_step_claims_queue", "queue"),
+    sa.Index("ix_flowstone_step_claims_job", "job_id"),
 )
 
 materializations = sa.Table(

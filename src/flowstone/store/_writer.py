@@ -244,111 +244,48 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-class RunWriter:
-    """Writes one run's step transitions; one instance per run.
+def apply_calls(cursor: Any, sql: dict[str, _Compiled], calls: Sequence[tuple[str, Any]]) -> None:
+    """Execute buffered writes: one executemany per statement, in ``_FLUSH_ORDER``.
 
-    Group commit: writes are buffered and committed together at most ``flush_interval`` seconds
-    after they were made (by the runner between steps, or by a small background ticker while a
-    long step computes). Every step's rows are committed, in order, and always after its value was
-    stored; a crash inside the window only loses records of steps that then simply run again.
-    The default window of 0.1 s halves a 1,000-step run's time on SQLite against 0.02 s (each
-    commit writes every page it dirtied to the WAL) and is invisible to a person watching.
+    Safe because the only rows written by two statements are a step's (start, then
+    finish/skip) updates, and every statement's rows keep their order. (Order of first use is
+    not: a buffer opening with one step's finish would apply the next step's finish before its
+    start.)
     """
+    grouped: dict[str, list[Any]] = {}
+    for name, params in calls:
+        rows = grouped.setdefault(name, [])
+        if isinstance(params, list):
+            rows.extend(params)
+        else:
+            rows.append(params)
+    for name in sorted(grouped, key=_FLUSH_ORDER.index):
+        rows = grouped[name]
+        if rows:
+            statement = sql[name]
+            cursor.executemany(statement.sql, list(map(statement.params, rows)))
 
-    def __init__(
-        self, engine: Engine, run_id: str, *, flush_interval: float = 0.1, heartbeat_every: float = 5.0
-    ) -> None:
-        self.run_id = run_id
-        self.dialect = engine.dialect.name
+
+class StepRows:
+    """Builds the rows of step transitions. :class:`RunWriter` buffers them for group commit;
+    the run queue applies them (:meth:`apply`) inside its own transactions."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
         self._sql = _compiled(self.dialect)
         self._when: Callable[[datetime | None], Any] = _sqlite_datetime if self.dialect == "sqlite" else _same
         self._bool: Callable[[bool | None], Any] = (
             (lambda v: None if v is None else int(v)) if self.dialect == "sqlite" else (lambda v: v)
         )
-        self._raw = engine.raw_connection()
-        self._buffer: list[tuple[str, Any]] = []
-        self._lock = threading.Lock()
-        self._interval = flush_interval
-        self._last_flush = time.monotonic()
-        self._heartbeat_every = heartbeat_every
-        self._last_heartbeat = time.monotonic()
-        self._error: StoreError | None = None
-        self._closed = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="flowstone-run-writer", daemon=True)
-        self._ticker.start()
-
-    def _tick(self) -> None:
-        # Also keeps the run's heartbeat fresh while a long step computes, so `runs recover
-        # --stale-after` on another host never takes a live run for a dead one.
-        while not self._closed.wait(self._interval):
-            try:
-                if time.monotonic() - self._last_heartbeat >= self._heartbeat_every:
-                    self._last_heartbeat = time.monotonic()
-                    self._write([("heartbeat", {"run_id": self.run_id, "at": self._when(_utcnow())})])
-                self.maybe_flush()
-            except StoreError as exc:  # re-raised to the runner by its next call
-                self._error = exc
-
-    def close(self) -> None:
-        """Flush what is left and release the connection."""
-        self._closed.set()
-        self._ticker.join()
-        try:
-            self.flush()
-        finally:
-            self._raw.close()
-
-    def discard(self) -> None:
-        """Drop unflushed writes and release the connection (the run is being abandoned)."""
-        self._closed.set()
-        self._ticker.join()
-        with self._lock:
-            self._buffer.clear()
-        self._raw.close()
+        self.calls: list[tuple[str, Any]] = []
 
     def _write(self, calls: Sequence[tuple[str, Any]]) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        with self._lock:
-            self._buffer.extend(calls)
+        self.calls.extend(calls)
 
-    def maybe_flush(self) -> None:
-        if self._buffer and time.monotonic() - self._last_flush >= self._interval:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit everything written since the last flush, in one transaction."""
-        with self._lock:
-            self._last_flush = time.monotonic()
-            if not self._buffer:
-                return
-            calls, self._buffer = self._buffer, []
-            # One executemany per statement, in _FLUSH_ORDER. Safe because the only rows written
-            # by two statements are a step's (start, then finish/skip) updates, and every
-            # statement's rows keep their order. (Order of first use is not: a buffer opening
-            # with one step's finish would apply the next step's finish before its start.)
-            grouped: dict[str, list[Any]] = {}
-            for name, params in calls:
-                rows = grouped.setdefault(name, [])
-                if isinstance(params, list):
-                    rows.extend(params)
-                else:
-                    rows.append(params)
-            cursor = self._raw.cursor()
-            try:
-                for name in sorted(grouped, key=_FLUSH_ORDER.index):
-                    rows = grouped[name]
-                    if rows:
-                        statement = self._sql[name]
-                        cursor.executemany(statement.sql, list(map(statement.params, rows)))
-                self._raw.commit()
-            except Exception as exc:
-                with contextlib.suppress(Exception):  # the connection may be gone; keep the first error
-                    self._raw.rollback()
-                raise StoreError(f"could not record step state: {exc}", original=exc, retryable=True) from exc
-            finally:
-                cursor.close()
+    def apply(self, cursor: Any) -> None:
+        """Execute the rows built so far on ``cursor`` (the caller commits) and forget them."""
+        calls, self.calls = self.calls, []
+        apply_calls(cursor, self._sql, calls)
 
     def _event(self, tenant: str, event: Event) -> dict[str, Any]:
         return {
@@ -495,3 +432,90 @@ class RunWriter:
             for step_id, error_type, event in skipped
         ]
         self._write([("skip_step", rows), ("event", [self._event(tenant, e) for _, _, e in skipped])])
+
+
+class RunWriter(StepRows):
+    """Writes one run's step transitions; one instance per run.
+
+    Group commit: writes are buffered and committed together at most ``flush_interval`` seconds
+    after they were made (by the runner between steps, or by a small background ticker while a
+    long step computes). Every step's rows are committed, in order, and always after its value was
+    stored; a crash inside the window only loses records of steps that then simply run again.
+    The default window of 0.1 s halves a 1,000-step run's time on SQLite against 0.02 s (each
+    commit writes every page it dirtied to the WAL) and is invisible to a person watching.
+    """
+
+    def __init__(
+        self, engine: Engine, run_id: str, *, flush_interval: float = 0.1, heartbeat_every: float = 5.0
+    ) -> None:
+        super().__init__(engine.dialect.name)
+        self.run_id = run_id
+        self._raw = engine.raw_connection()
+        self._buffer: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._heartbeat_every = heartbeat_every
+        self._last_heartbeat = time.monotonic()
+        self._error: StoreError | None = None
+        self._closed = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="flowstone-run-writer", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        # Also keeps the run's heartbeat fresh while a long step computes, so `runs recover
+        # --stale-after` on another host never takes a live run for a dead one.
+        while not self._closed.wait(self._interval):
+            try:
+                if time.monotonic() - self._last_heartbeat >= self._heartbeat_every:
+                    self._last_heartbeat = time.monotonic()
+                    self._write([("heartbeat", {"run_id": self.run_id, "at": self._when(_utcnow())})])
+                self.maybe_flush()
+            except StoreError as exc:  # re-raised to the runner by its next call
+                self._error = exc
+
+    def close(self) -> None:
+        """Flush what is left and release the connection."""
+        self._closed.set()
+        self._ticker.join()
+        try:
+            self.flush()
+        finally:
+            self._raw.close()
+
+    def discard(self) -> None:
+        """Drop unflushed writes and release the connection (the run is being abandoned)."""
+        self._closed.set()
+        self._ticker.join()
+        with self._lock:
+            self._buffer.clear()
+        self._raw.close()
+
+    def _write(self, calls: Sequence[tuple[str, Any]]) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        with self._lock:
+            self._buffer.extend(calls)
+
+    def maybe_flush(self) -> None:
+        if self._buffer and time.monotonic() - self._last_flush >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit everything written since the last flush, in one transaction."""
+        with self._lock:
+            self._last_flush = time.monotonic()
+            if not self._buffer:
+                return
+            calls, self._buffer = self._buffer, []
+            cursor = self._raw.cursor()
+            try:
+                apply_calls(cursor, self._sql, calls)
+                self._raw.commit()
+            except Exception as exc:
+                with contextlib.suppress(Exception):  # the connection may be gone; keep the first error
+                    self._raw.rollback()
+                raise StoreError(f"could not record step state: {exc}", original=exc, retryable=True) from exc
+            finally:
+                cursor.close()

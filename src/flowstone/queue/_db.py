@@ -1,0 +1,1071 @@
+"""The queue's bookkeeping on PostgreSQL: every state change of a queue run is one transaction.
+
+procrastinate stores and hands out the jobs; everything that decides *what* may run lives in our
+tables and changes together with the job table, in the same transaction:
+
+- **submit**: the run, its steps, their dependencies and the jobs of the steps that can start
+  commit together (a crash in between leaves neither);
+- **claim**: a worker starts a step by inserting its row in ``flowstone_step_claims`` (primary
+  key tenant, asset, partition: at most one running anywhere) after checking the pool, queue and
+  tenant limits under an advisory lock;
+- **finish**: the materialization, lineage, step status, the claim's release, the hand-off to
+  the downstream steps that became ready (their jobs are deferred here), the retry's job or the
+  skipping of the downstream, and the end of the run all commit together. Only the job that owns
+  the step (``run_steps.job_id``) may record its outcome, so a worker presumed dead that comes
+  back cannot record a second success.
+
+SQL is written for PostgreSQL and run on the driver connection: per step these few statements
+are the whole cost of the queue, so nothing is built per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from flowstone._errors import DependencyFailed, ExecutionError, FlowStoneError, StoreError, ValidationError
+from flowstone._pipeline import Pipeline
+from flowstone._records import RunStatus, StepStatus
+from flowstone.engine._planner import InputGroup, Plan, PlannedStep, StepKey
+from flowstone.queue._code import code_versions
+from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
+from flowstone.store._store import HOST, utcnow
+from flowstone.store._writer import StepRows
+
+T = TypeVar("T")
+
+_QUEUED = StepStatus.QUEUED.value
+_RETRYING = StepStatus.RETRYING.value
+_PENDING = StepStatus.PENDING.value
+_RUNNING = StepStatus.RUNNING.value
+_SKIPPED = StepStatus.SKIPPED.value
+_SUCCEEDED = StepStatus.SUCCEEDED.value
+_FAILED = StepStatus.FAILED.value
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """A job's payload: names and keys only, JSON as it is stored in the job table."""
+
+    tenant: str
+    run: str
+    asset: str
+    partition: str | None
+    attempt: int
+    code: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "tenant": self.tenant,
+                "run": self.run,
+                "asset": self.asset,
+                "partition": self.partition,
+                "attempt": self.attempt,
+                "code": self.code,
+            }
+        )
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> JobArgs:
+        return cls(
+            tenant=str(kwargs["tenant"]),
+            run=str(kwargs["run"]),
+            asset=str(kwargs["asset"]),
+            partition=None if kwargs.get("partition") is None else str(kwargs["partition"]),
+            attempt=int(kwargs["attempt"]),
+            code=str(kwargs.get("code", "")),
+        )
+
+
+@dataclass(frozen=True)
+class _ToEnqueue:
+    step_id: str
+    run_id: str
+    asset: str
+    partition_key: str  # '' for unpartitioned
+    attempt: int
+    priority: int
+    queue: str
+    delay: float = 0.0
+
+
+@dataclass
+class Claimed:
+    """A step this worker now runs: what it needs to compute and record it."""
+
+    step_id: str
+    args: JobArgs
+    job_id: int
+    step: PlannedStep
+    # In-run inputs: their materialization id and data version (outside ones come from the spec).
+    upstream: dict[StepKey, tuple[str | None, str | None]]
+    started_at: datetime
+    run_created_at: datetime
+
+
+@dataclass(frozen=True)
+class Later:
+    """The step cannot start now (a limit is full or its partition runs elsewhere)."""
+
+    reason: str
+    delay: float
+
+
+@dataclass
+class Finish:
+    """How an attempt ended, for :meth:`QueueDB.finish`."""
+
+    rows: StepRows
+    success: bool
+    error: FlowStoneError | None = None
+    retry_delay: float | None = None
+    # dependency_not_ready: try again after this many seconds, the same attempt.
+    not_ready_delay: float | None = None
+    materialization_id: str | None = None
+    step_started_at: datetime | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _key(partition: str | None) -> str:
+    return partition if partition is not None else ""
+
+
+def _out(key: str) -> str | None:
+    return key if key != "" else None
+
+
+def conninfo(url: str, *, options: str = "") -> tuple[str, dict[str, Any]]:
+    """A libpq connection string for a SQLAlchemy PostgreSQL URL, and connect() keyword
+    arguments carrying its ``options`` plus ``options`` given here."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    query = dict(parsed.query)
+    given = query.pop("options", "")
+    merged = " ".join(str(o) for o in (given if isinstance(given, tuple) else (given,)) if o)
+    merged = f"{merged} {options}".strip()
+    bare = parsed.set(drivername="postgresql", query=query)
+    return str(bare.render_as_string(hide_password=False)), ({"options": merged} if merged else {})
+
+
+class QueueDB:
+    """Transactions of the run queue. One per process; thread-safe (a connection per call)."""
+
+    def __init__(self, engine: Any, pipeline: Pipeline, *, config: QueueConfig) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ValidationError(
+                'the queue executor needs a PostgreSQL store (store = "postgresql://..."); '
+                f"this store is {engine.dialect.name}. Without a queue, use --executor threads "
+                "or processes",
+                context={"store": engine.dialect.name},
+            )
+        self.engine = engine
+        self.config = config
+        self.pipeline = pipeline
+        self._pool_limits = {**pipeline.pool_limits, **config.pool_limits}
+        self._codes = code_versions(pipeline)
+
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """A driver cursor inside one transaction: committed on success, rolled back otherwise."""
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                yield cur
+                raw.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cur.close()
+        finally:
+            raw.close()
+
+    def _retrying(self, fn: Callable[[Any], T], *, what: str) -> T:
+        """Run ``fn(cursor)`` in a transaction, again on deadlock, serialization failure or a
+        dropped connection (the pool hands out a fresh one)."""
+        import psycopg
+
+        last: Exception | None = None
+        for attempt in range(6):
+            try:
+                with self._tx() as cur:
+                    return fn(cur)
+            except (
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure,
+                psycopg.OperationalError,
+            ) as exc:
+                last = exc
+                if isinstance(exc, psycopg.OperationalError):
+                    self.engine.pool.dispose()  # its other connections died with this one
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))  # back off: not a test wait
+        raise StoreError(f"{what} failed: {last}", original=last, retryable=True)
+
+    def ensure_schema(self) -> None:
+        """Create procrastinate's tables on first use (under a lock, so workers starting
+        together do not race)."""
+        from procrastinate import schema
+
+        def apply(cur: Any) -> None:
+            cur.execute("SELECT pg_advisory_xact_lock(7426002)")
+            cur.execute("SELECT to_regclass('procrastinate_jobs')")
+            if cur.fetchone()[0] is None:
+                cur.execute(schema.SchemaManager.get_schema())
+
+        self._retrying(apply, what="creating the queue's tables")
+
+    # ------------------------------------------------------------------ submit
+    def submit(
+        self,
+        plan: Plan,
+        *,
+        run_id: str,
+        tenant: str,
+        pipeline: str,
+        actor: str,
+        priority: int,
+        step_ids: Mapping[StepKey, str],
+        backfill_id: str | None = None,
+        fail_after_run_insert: Callable[[], None] | None = None,
+    ) -> None:
+        """Insert the run, its steps and their dependencies, and defer the jobs of the steps
+        with no upstream in the run: one transaction."""
+        now = utcnow()
+        steps = plan.steps
+        in_run = {s.key for s in steps}
+
+        def write(cur: Any) -> None:
+            cur.execute(
+                "INSERT INTO flowstone_runs (id, tenant_id, pipeline, status, selection, partition_key,"
+                " force, actor, executor, host, pid, created_at, step_count, backfill_id, steps_left,"
+                " priority) VALUES (%s, %s, %s, %s, %s::json, %s, %s, %s, 'queue', %s, %s, %s, %s, %s,"
+                " %s, %s)",
+                (
+                    run_id,
+                    tenant,
+                    pipeline,
+                    RunStatus.QUEUED.value if steps else RunStatus.SUCCEEDED.value,
+                    json.dumps(plan.selection),
+                    _key(plan.partition_key),
+                    plan.force,
+                    actor,
+                    HOST,
+                    os.getpid(),
+                    now,
+                    len(steps),
+                    backfill_id,
+                    len(steps),
+                    priority,
+                ),
+            )
+            if fail_after_run_insert is not None:
+                fail_after_run_insert()
+            rows = []
+            deps: list[tuple[str, str, str, str]] = []
+            ready: list[_ToEnqueue] = []
+            for position, s in enumerate(steps):
+                sid = step_ids[s.key]
+                ups = [i for i in dict.fromkeys(s.inputs) if i in in_run]
+                spec = {
+                    "groups": [
+                        {
+                            "asset": g.asset,
+                            "keys": list(g.keys),
+                            "many": g.many,
+                            "missing": list(g.missing),
+                            "policy": g.policy,
+                        }
+                        for g in s.groups
+                    ],
+                    "existing": [
+                        [a, k, plan.existing[(a, k)]] for a, k in s.inputs if (a, k) in plan.existing
+                    ],
+                }
+                rows.append(
+                    (
+                        sid,
+                        tenant,
+                        run_id,
+                        position,
+                        s.asset,
+                        _key(s.partition_key),
+                        _PENDING,
+                        json.dumps([[a, k or ""] for a, k in s.inputs]),
+                        len(ups),
+                        json.dumps(spec),
+                    )
+                )
+                deps.extend((tenant, run_id, step_ids[u], sid) for u in ups)
+                if not ups:
+                    ready.append(
+                        _ToEnqueue(
+                            sid, run_id, s.asset, _key(s.partition_key), 1, priority, self._queue_of(s.asset)
+                        )
+                    )
+            if rows:
+                cur.executemany(
+                    "INSERT INTO flowstone_run_steps (id, tenant_id, run_id, position, asset,"
+                    " partition_key, status, attempt, upstream, waiting, spec) VALUES"
+                    " (%s, %s, %s, %s, %s, %s, %s, 0, %s::json, %s, %s::json)",
+                    rows,
+                )
+            if deps:
+                cur.executemany(
+                    "INSERT INTO flowstone_run_step_deps (tenant_id, run_id, upstream_step_id, step_id)"
+                    " VALUES (%s, %s, %s, %s)",
+                    deps,
+                )
+            cur.execute(
+                "INSERT INTO flowstone_audit_log (tenant_id, at, actor, actor_type, action,"
+                " resource_type, resource_id, details) VALUES (%s, %s, %s, %s, 'materialize', 'run',"
+                " %s, %s::json)",
+                (
+                    tenant,
+                    now,
+                    actor,
+                    "system" if actor == "system" else ("api" if actor == "api" else "user"),
+                    run_id,
+                    json.dumps(
+                        {
+                            "selection": plan.selection,
+                            "partition": plan.partition_key,
+                            "force": plan.force,
+                            "executor": "queue",
+                            **({"backfill": backfill_id} if backfill_id else {}),
+                        }
+                    ),
+                ),
+            )
+            self._event(cur, tenant, "run.queued", run_id, None, None, {"steps": len(steps)}, now)
+            if not steps:
+                cur.execute(
+                    "UPDATE flowstone_runs SET started_at = %s, finished_at = %s WHERE id = %s",
+                    (now, now, run_id),
+                )
+            self._enqueue(cur, tenant, ready, self._codes)
+
+        with self._tx() as cur:  # not retried: a half-known outcome must not insert twice
+            write(cur)
+
+    def _event(
+        self,
+        cur: Any,
+        tenant: str,
+        type_: str,
+        run_id: str | None,
+        asset: str | None,
+        key: str | None,
+        data: Mapping[str, Any] | None,
+        at: datetime | None = None,
+    ) -> None:
+        cur.execute(
+            "INSERT INTO flowstone_events (tenant_id, at, type, run_id, asset, partition_key, data)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s::json)",
+            (
+                tenant,
+                at or utcnow(),
+                type_,
+                run_id,
+                asset,
+                key or "",
+                json.dumps(dict(data)) if data else None,
+            ),
+        )
+
+    def _enqueue(self, cur: Any, tenant: str, items: Sequence[_ToEnqueue], codes: Mapping[str, str]) -> None:
+        """Give each step a job, or join it to the same partition's queued step of another run."""
+        if not items:
+            return
+        # Coalesce: a queued (not yet started) step of another run for the same partition will
+        # produce what this one would; the lock keeps it from starting while we join it.
+        cur.execute(
+            "SELECT x.n, s.id FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
+            " AS x(run_id, asset, pkey, n)"
+            " JOIN LATERAL (SELECT id FROM flowstone_run_steps s WHERE s.tenant_id = %s"
+            " AND s.asset = x.asset AND s.partition_key = x.pkey AND s.status = 'queued'"
+            " AND s.coalesced_into IS NULL AND s.run_id <> x.run_id AND s.job_id IS NOT NULL"
+            " ORDER BY s.id LIMIT 1 FOR UPDATE) s ON true",
+            ([i.run_id for i in items], [i.asset for i in items], [i.partition_key for i in items], tenant),
+        )
+        leaders = {int(n) - 1: sid for n, sid in cur.fetchall()}
+        if leaders:
+            cur.executemany(
+                "UPDATE flowstone_run_steps SET status = 'queued', attempt = 1, coalesced_into = %s"
+                " WHERE id = %s",
+                [(leader, items[i].step_id) for i, leader in leaders.items()],
+            )
+        todo = [item for i, item in enumerate(items) if i not in leaders]
+        self._defer(cur, tenant, todo, codes)
+
+    def _defer(self, cur: Any, tenant: str, items: Sequence[_ToEnqueue], codes: Mapping[str, str]) -> None:
+        if not items:
+            return
+        now = utcnow()
+        args = [
+            JobArgs(
+                tenant, i.run_id, i.asset, _out(i.partition_key), i.attempt, codes.get(i.asset, "")
+            ).to_json()
+            for i in items
+        ]
+        cur.execute(
+            "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY(SELECT ROW(x.queue, %s, x.priority,"
+            " NULL, NULL, x.args::jsonb, x.at)::procrastinate_job_to_defer_v1 FROM unnest(%s::text[],"
+            " %s::int[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS x(queue, priority, args, at, n)"
+            " ORDER BY x.n)))",
+            (
+                TASK_NAME,
+                [i.queue for i in items],
+                [i.priority for i in items],
+                args,
+                [now + timedelta(seconds=i.delay) if i.delay > 0 else None for i in items],
+            ),
+        )
+        job_ids = [row[0] for row in cur.fetchall()]
+        # Which job is whose: matched on the payload's names (never on the order of returned ids).
+        cur.execute(
+            "UPDATE flowstone_run_steps s SET job_id = j.id, attempt = (j.args->>'attempt')::int,"
+            " status = CASE WHEN s.status = 'retrying' THEN 'retrying' ELSE 'queued' END"
+            " FROM procrastinate_jobs j WHERE j.id = ANY(%s) AND s.run_id = j.args->>'run'"
+            " AND s.asset = j.args->>'asset' AND s.partition_key = COALESCE(j.args->>'partition', '')",
+            (job_ids,),
+        )
+
+    # ------------------------------------------------------------------ claim
+    def claim(self, job_id: int, args: JobArgs, *, worker: str) -> Claimed | Later | None:
+        """Start the step of job ``job_id``: None when the job is stale or the run is cancelled,
+        ``Later`` when it must wait (its job is then deferred again, same attempt)."""
+
+        def work(cur: Any) -> Claimed | Later | None:
+            cur.execute(
+                "SELECT s.id, s.status, s.job_id, s.spec, r.cancel_requested, r.created_at"
+                " FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
+                " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s FOR UPDATE OF s",
+                (args.run, args.asset, _key(args.partition)),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            step_id, status, owner, spec, cancel, created_at = row
+            if owner != job_id or status not in (_QUEUED, _RETRYING):
+                return None  # a stale job: the step moved on without it
+            now = utcnow()
+            if cancel:
+                self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
+                self._count_down(cur, args.tenant, {args.run: 1}, now)
+                return None
+            queue = self._queue_of(args.asset)
+            pool = self._pool_of(args.asset)
+            full = self._limits_full(cur, args.tenant, queue, pool)
+            if full is not None:
+                return Later(full, self.config.backoff)
+            cur.execute(
+                "INSERT INTO flowstone_step_claims (tenant_id, asset, partition_key, run_id, step_id,"
+                " job_id, attempt, worker, queue, pool, claimed_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    args.tenant,
+                    args.asset,
+                    _key(args.partition),
+                    args.run,
+                    step_id,
+                    job_id,
+                    args.attempt,
+                    worker,
+                    queue,
+                    pool,
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                return Later(
+                    f"'{args.asset}' [{args.partition}] is running in another run", self.config.backoff
+                )
+            cur.execute(
+                "UPDATE flowstone_run_steps SET status = 'running', started_at = %s WHERE id = %s",
+                (now, step_id),
+            )
+            cur.execute(
+                "UPDATE flowstone_runs SET status = 'running', started_at = COALESCE(started_at, %s)"
+                " WHERE id = %s AND status = 'queued'",
+                (now, args.run),
+            )
+            cur.execute(
+                "SELECT u.asset, u.partition_key, u.materialization_id, m.data_version"
+                " FROM flowstone_run_step_deps d JOIN flowstone_run_steps u ON u.id = d.upstream_step_id"
+                " LEFT JOIN flowstone_materializations m ON m.id = u.materialization_id"
+                " WHERE d.step_id = %s",
+                (step_id,),
+            )
+            upstream: dict[StepKey, tuple[str | None, str | None]] = {
+                (a, _out(k)): (mat, version) for a, k, mat, version in cur.fetchall()
+            }
+            spec = spec if isinstance(spec, dict) else json.loads(spec or "{}")
+            for a, k, mat in spec.get("existing", []):
+                upstream.setdefault((a, k), (mat, None))
+            groups = tuple(
+                InputGroup(
+                    g["asset"],
+                    tuple(g["keys"]),
+                    bool(g["many"]),
+                    tuple(g.get("missing", ())),
+                    g.get("policy", "fail"),
+                )
+                for g in spec.get("groups", [])
+            )
+            data = {"attempt": args.attempt} if args.attempt > 1 else None
+            self._event(cur, args.tenant, "step.started", args.run, args.asset, args.partition, data, now)
+            planned = PlannedStep(args.asset, args.partition, groups)
+            return Claimed(step_id, args, job_id, planned, upstream, now, created_at)
+
+        outcome = self._retrying(work, what=f"starting '{args.asset}'")
+        if isinstance(outcome, Later):
+            self.defer_again(job_id, args, outcome.delay)
+        return outcome
+
+    def _queue_of(self, asset: str) -> str:
+        definition = self.pipeline.assets.get(asset)
+        return (definition.queue if definition is not None else None) or DEFAULT_QUEUE
+
+    def _pool_of(self, asset: str) -> str | None:
+        definition = self.pipeline.assets.get(asset)
+        return definition.pool if definition is not None else None
+
+    def _limits_full(self, cur: Any, tenant: str, queue: str, pool: str | None) -> str | None:
+        checks: list[tuple[str, str, str, int]] = []
+        pool_limit = self._pool_limits.get(pool) if pool else None
+        if pool is not None and pool_limit is not None:
+            checks.append(("pool", "pool = %s", pool, pool_limit))
+        queue_limit = self.config.queue_limits.get(queue)
+        if queue_limit is not None:
+            checks.append(("queue", "queue = %s", queue, queue_limit))
+        tenant_limit = self.config.tenant_limit_for(tenant)
+        if tenant_limit is not None:
+            checks.append(("tenant", "tenant_id = %s", tenant, tenant_limit))
+        # Serialize the count-then-insert per limit, always in the same order (no deadlocks).
+        for kind, where, name, limit in sorted(checks):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flowstone-limit:{kind}:{name}",))
+            cur.execute(f"SELECT count(*) FROM flowstone_step_claims WHERE {where}", (name,))
+            if cur.fetchone()[0] >= limit:
+                return f"{kind} '{name}' is at its limit of {limit} running step(s)"
+        return None
+
+    def defer_again(self, job_id: int, args: JobArgs, delay: float, *, attempt: int | None = None) -> bool:
+        """Hand the step to a new job ``delay`` seconds from now (same attempt unless given)."""
+
+        def work(cur: Any) -> bool:
+            cur.execute(
+                "SELECT s.id, r.priority FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
+                " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s AND s.job_id = %s"
+                " FOR UPDATE OF s",
+                (args.run, args.asset, _key(args.partition), job_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            step_id, priority = row
+            jitter = delay * (0.75 + random.random() / 2)
+            item = _ToEnqueue(
+                step_id,
+                args.run,
+                args.asset,
+                _key(args.partition),
+                attempt or args.attempt,
+                priority,
+                self._queue_of(args.asset),
+                jitter,
+            )
+            self._defer(cur, args.tenant, [item], {args.asset: args.code})
+            return True
+
+        return self._retrying(work, what=f"deferring '{args.asset}' again")
+
+    # ------------------------------------------------------------------ finish
+    def finish(self, claimed: Claimed, outcome: Finish) -> bool:
+        """Record how the attempt ended and hand off; False when this job no longer owns the
+        step (it was presumed dead and the step given to another job): nothing is recorded."""
+        args = claimed.args
+
+        def work(cur: Any) -> bool:
+            cur.execute(
+                "SELECT s.status, s.job_id, r.cancel_requested, r.priority FROM flowstone_run_steps s"
+                " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.id = %s FOR UPDATE OF s",
+                (claimed.step_id,),
+            )
+            row = cur.fetchone()
+            if row is None or row[0] != _RUNNING or row[1] != claimed.job_id:
+                return False
+            _status, _owner, cancel, priority = row
+            now = utcnow()
+            cur.execute(
+                "DELETE FROM flowstone_step_claims WHERE tenant_id = %s AND asset = %s"
+                " AND partition_key = %s AND step_id = %s",
+                (args.tenant, args.asset, _key(args.partition), claimed.step_id),
+            )
+            if outcome.not_ready_delay is not None and not cancel:
+                # Not an attempt: the step goes back to waiting for its upstream.
+                cur.execute(
+                    "UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (claimed.step_id,)
+                )
+                outcome.rows.apply(cur)
+                item = _ToEnqueue(
+                    claimed.step_id,
+                    args.run,
+                    args.asset,
+                    _key(args.partition),
+                    args.attempt,
+                    priority,
+                    self._queue_of(args.asset),
+                    outcome.not_ready_delay,
+                )
+                self._defer(cur, args.tenant, [item], {args.asset: args.code})
+                return True
+            outcome.rows.apply(cur)
+            if outcome.retry_delay is not None and not cancel:
+                item = _ToEnqueue(
+                    claimed.step_id,
+                    args.run,
+                    args.asset,
+                    _key(args.partition),
+                    args.attempt + 1,
+                    priority,
+                    self._queue_of(args.asset),
+                    outcome.retry_delay,
+                )
+                self._defer(cur, args.tenant, [item], {args.asset: args.code})
+                return True
+            if outcome.retry_delay is not None:  # cancelled while it would have retried
+                self._skip(
+                    cur, args.tenant, [claimed.step_id], "cancelled while waiting to retry", "cancelled", now
+                )
+            self._settled(
+                cur,
+                args.tenant,
+                claimed.step_id,
+                args.run,
+                success=outcome.success,
+                materialization_id=outcome.materialization_id,
+                error=outcome.error,
+                now=now,
+            )
+            return True
+
+        return self._retrying(work, what=f"recording '{args.asset}'")
+
+    def _settled(
+        self,
+        cur: Any,
+        tenant: str,
+        step_id: str,
+        run_id: str,
+        *,
+        success: bool,
+        materialization_id: str | None,
+        error: FlowStoneError | None,
+        now: datetime,
+    ) -> None:
+        """A step reached its final state: settle its followers, release or skip what waits
+        for it, and count the runs down."""
+        cur.execute(
+            "SELECT id, run_id, asset, partition_key FROM flowstone_run_steps WHERE coalesced_into = %s"
+            " AND status = 'queued' ORDER BY id FOR UPDATE",
+            (step_id,),
+        )
+        followers = cur.fetchall()
+        settled = [step_id, *(f[0] for f in followers)]
+        counts: dict[str, int] = {run_id: 1}
+        if followers:
+            status = _SUCCEEDED if success else _FAILED
+            cur.executemany(
+                "UPDATE flowstone_run_steps SET status = %s, started_at = %s, finished_at = %s,"
+                " materialization_id = %s, reason = %s, error_type = %s, error_message = %s WHERE id = %s",
+                [
+                    (
+                        status,
+                        now,
+                        now,
+                        materialization_id,
+                        f"coalesced into the same partition's step of run {run_id}",
+                        error.type if error else None,
+                        error.message if error else None,
+                        f[0],
+                    )
+                    for f in followers
+                ],
+            )
+            for f in followers:
+                counts[f[1]] = counts.get(f[1], 0) + 1
+                self._event(
+                    cur,
+                    tenant,
+                    "step.succeeded" if success else "step.failed",
+                    f[1],
+                    f[2],
+                    f[3],
+                    {"coalesced_into_run": run_id},
+                    now,
+                )
+        if success:
+            self._release(cur, tenant, settled, counts, now)
+        else:
+            assert error is not None
+            skipped = self._skip_downstream(cur, tenant, settled, error, now)
+            for sid_run in skipped:
+                counts[sid_run] = counts.get(sid_run, 0) + 1
+        self._count_down(cur, tenant, counts, now)
+
+    def _release(self, cur: Any, tenant: str, done: list[str], counts: dict[str, int], now: datetime) -> None:
+        """Count down the steps waiting for ``done``; enqueue those that reach 0."""
+        cur.execute(
+            "SELECT s.id FROM flowstone_run_steps s WHERE s.id IN (SELECT step_id FROM"
+            " flowstone_run_step_deps WHERE upstream_step_id = ANY(%s)) ORDER BY s.id FOR UPDATE",
+            (done,),
+        )
+        if not cur.fetchall():
+            return
+        cur.execute(
+            "UPDATE flowstone_run_steps s SET waiting = s.waiting - d.n FROM (SELECT step_id, count(*) AS n"
+            " FROM flowstone_run_step_deps WHERE upstream_step_id = ANY(%s) GROUP BY step_id) d"
+            " WHERE s.id = d.step_id RETURNING s.id, s.run_id, s.asset, s.partition_key, s.waiting,"
+            " s.status",
+            (done,),
+        )
+        ready = [r for r in cur.fetchall() if r[4] <= 0 and r[5] == _PENDING]
+        if not ready:
+            return
+        cur.execute(
+            "SELECT id, cancel_requested, priority FROM flowstone_runs WHERE id = ANY(%s)",
+            (list({r[1] for r in ready}),),
+        )
+        runs = {rid: (cancel, prio) for rid, cancel, prio in cur.fetchall()}
+        cancelled = [r for r in ready if runs[r[1]][0]]
+        if cancelled:
+            self._skip(
+                cur, tenant, [r[0] for r in cancelled], "cancelled before it started", "cancelled", now
+            )
+            for r in cancelled:
+                counts[r[1]] = counts.get(r[1], 0) + 1
+        items = [
+            _ToEnqueue(r[0], r[1], r[2], r[3], 1, runs[r[1]][1], self._queue_of(r[2]))
+            for r in ready
+            if not runs[r[1]][0]
+        ]
+        self._enqueue(cur, tenant, items, self._codes)
+
+    def _skip(
+        self, cur: Any, tenant: str, step_ids: Sequence[str], reason: str, error_type: str, now: datetime
+    ) -> list[tuple[str, str, str, str]]:
+        cur.execute(
+            "UPDATE flowstone_run_steps SET status = 'skipped', reason = %s, error_type = %s,"
+            " finished_at = %s WHERE id = ANY(%s) AND status IN ('pending', 'queued', 'retrying')"
+            " RETURNING id, run_id, asset, partition_key",
+            (reason, error_type, now, list(step_ids)),
+        )
+        rows: list[tuple[str, str, str, str]] = cur.fetchall()
+        for _sid, run_id, asset, key in rows:
+            self._event(cur, tenant, "step.skipped", run_id, asset, key, {"reason": reason}, now)
+        return rows
+
+    def _skip_downstream(
+        self, cur: Any, tenant: str, failed: list[str], error: FlowStoneError, now: datetime
+    ) -> list[str]:
+        """Skip every step downstream of ``failed`` (with dependency_failed); their run ids."""
+        cur.execute(
+            "WITH RECURSIVE down(id) AS (SELECT step_id FROM flowstone_run_step_deps WHERE"
+            " upstream_step_id = ANY(%s) UNION SELECT d.step_id FROM flowstone_run_step_deps d"
+            " JOIN down ON d.upstream_step_id = down.id) SELECT s.id, s.asset FROM flowstone_run_steps s"
+            " JOIN down ON s.id = down.id WHERE s.status = 'pending' ORDER BY s.id FOR UPDATE OF s",
+            (failed,),
+        )
+        down = cur.fetchall()
+        if not down:
+            return []
+        cur.execute("SELECT asset FROM flowstone_run_steps WHERE id = %s", (failed[0],))
+        upstream = cur.fetchone()[0]
+        reason = f"upstream '{upstream}' failed"
+        rows = self._skip(cur, tenant, [d[0] for d in down], reason, DependencyFailed.type, now)
+        return [r[1] for r in rows]
+
+    def _count_down(self, cur: Any, tenant: str, counts: Mapping[str, int], now: datetime) -> None:
+        """Steps of these runs reached a final state; a run whose last step did ends."""
+        for run_id in sorted(counts):
+            cur.execute(
+                "UPDATE flowstone_runs SET steps_left = steps_left - %s WHERE id = %s"
+                " RETURNING steps_left, backfill_id",
+                (counts[run_id], run_id),
+            )
+            row = cur.fetchone()
+            if row is None or row[0] > 0:
+                continue
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE status = 'failed'),"
+                " count(*) FILTER (WHERE status = 'skipped' AND error_type = 'cancelled'),"
+                " count(*) FILTER (WHERE status = 'skipped' AND error_type <> 'cancelled')"
+                " FROM flowstone_run_steps WHERE run_id = %s",
+                (run_id,),
+            )
+            failed, cancelled, skipped = cur.fetchone()
+            if cancelled:
+                status = RunStatus.CANCELLED
+            elif failed or skipped:
+                status = RunStatus.FAILED
+            else:
+                status = RunStatus.SUCCEEDED
+            cur.execute(
+                "UPDATE flowstone_runs SET status = %s, finished_at = %s, heartbeat_at = %s WHERE id = %s",
+                (status.value, now, now, run_id),
+            )
+            self._event(cur, tenant, "run.finished", run_id, None, None, {"status": status.value}, now)
+            if row[1] is not None:
+                self._finish_backfill(cur, tenant, row[1], run_id, status, now)
+
+    def _finish_backfill(
+        self, cur: Any, tenant: str, backfill_id: str, run_id: str, status: RunStatus, now: datetime
+    ) -> None:
+        cur.execute("SELECT counts, assets FROM flowstone_backfills WHERE id = %s FOR UPDATE", (backfill_id,))
+        found = cur.fetchone()
+        if found is None:
+            return
+        counts, assets = (v if not isinstance(v, str) else json.loads(v) for v in found)
+        counts = dict(counts)
+        # The requested assets' steps only, as a local backfill counts (not the upstream it needed).
+        cur.execute(
+            "SELECT status, count(*) FROM flowstone_run_steps WHERE run_id = %s AND asset = ANY(%s)"
+            " GROUP BY status",
+            (run_id, list(assets)),
+        )
+        by_status = dict(cur.fetchall())
+        counts.update(
+            queued=0,
+            running=0,
+            succeeded=by_status.get(_SUCCEEDED, 0),
+            failed=by_status.get(_FAILED, 0),
+            skipped=by_status.get(_SKIPPED, 0) + int(counts.get("up_to_date", 0)),
+        )
+        backfill_status = {RunStatus.SUCCEEDED: "succeeded", RunStatus.CANCELLED: "cancelled"}.get(
+            status, "failed"
+        )
+        cur.execute(
+            "UPDATE flowstone_backfills SET status = %s, counts = %s::json, finished_at = %s,"
+            " updated_at = %s WHERE id = %s AND tenant_id = %s",
+            (backfill_status, json.dumps(counts), now, now, backfill_id, tenant),
+        )
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, *, tenant: str, run_id: str, actor: str, reason: str | None) -> bool:
+        """Skip the run's steps that have not started (their jobs are removed) and ask the
+        running ones to stop. False when the run is unknown or already finished."""
+
+        def flag(cur: Any) -> bool:
+            cur.execute(
+                "UPDATE flowstone_runs SET cancel_requested = true WHERE id = %s AND tenant_id = %s"
+                " AND status IN ('queued', 'running') RETURNING id",
+                (run_id, tenant),
+            )
+            if cur.fetchone() is None:
+                return False
+            cur.execute(
+                "INSERT INTO flowstone_audit_log (tenant_id, at, actor, actor_type, action,"
+                " resource_type, resource_id, reason, details) VALUES (%s, %s, %s, %s, 'cancel',"
+                " 'run', %s, %s, %s::json)",
+                (
+                    tenant,
+                    utcnow(),
+                    actor,
+                    "system" if actor == "system" else ("api" if actor == "api" else "user"),
+                    run_id,
+                    reason,
+                    json.dumps({"executor": "queue"}),
+                ),
+            )
+            return True
+
+        if not self._retrying(flag, what="cancelling a run"):
+            return False
+
+        def sweep(cur: Any) -> None:
+            now = utcnow()
+            cur.execute(
+                "SELECT id, status, job_id FROM flowstone_run_steps WHERE run_id = %s AND status IN"
+                " ('pending', 'queued', 'retrying', 'running') ORDER BY id FOR UPDATE",
+                (run_id,),
+            )
+            rows = cur.fetchall()
+            waiting = [r for r in rows if r[1] != _RUNNING]
+            for _sid, _status, job in waiting:
+                if job is not None:
+                    cur.execute("SELECT procrastinate_cancel_job_v1(%s, false, true)", (job,))
+            for _sid, _status, job in rows:
+                if _status == _RUNNING and job is not None:
+                    cur.execute("SELECT procrastinate_cancel_job_v1(%s, true, false)", (job,))
+            skipped = self._skip(
+                cur, tenant, [r[0] for r in waiting], "cancelled before it started", "cancelled", now
+            )
+            # Steps of other runs that joined a cancelled step run on their own again.
+            cur.execute(
+                "SELECT s.id, s.run_id, s.asset, s.partition_key, r.priority FROM flowstone_run_steps s"
+                " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.coalesced_into = ANY(%s)"
+                " AND s.status = 'queued' ORDER BY s.id FOR UPDATE OF s",
+                ([r[0] for r in skipped],),
+            )
+            orphans = cur.fetchall()
+            if orphans:
+                cur.execute(
+                    "UPDATE flowstone_run_steps SET coalesced_into = NULL WHERE id = ANY(%s)",
+                    ([o[0] for o in orphans],),
+                )
+                self._enqueue(
+                    cur,
+                    tenant,
+                    [_ToEnqueue(o[0], o[1], o[2], o[3], 1, o[4], self._queue_of(o[2])) for o in orphans],
+                    self._codes,
+                )
+            if skipped:
+                self._count_down(cur, tenant, {run_id: len(skipped)}, now)
+
+        self._retrying(sweep, what="cancelling a run's steps")
+        return True
+
+    # ------------------------------------------------------------------ housekeeping
+    def reap(
+        self, *, stalled_after: float, max_attempts: Callable[[str], int]
+    ) -> list[tuple[str, str | None]]:
+        """Steps of workers that stopped sending heartbeats run again (or fail once they used up
+        their attempts); returns the (asset, partition) steps handed on."""
+
+        def work(cur: Any) -> list[tuple[str, str | None]]:
+            if not self._try_lock(cur, 7426003):
+                return []  # another worker is reaping right now
+            cur.execute(
+                "DELETE FROM procrastinate_workers WHERE last_heartbeat < now() - make_interval(secs => %s)",
+                (stalled_after,),
+            )
+            cur.execute(
+                "SELECT j.id, j.args FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w"
+                " ON w.id = j.worker_id WHERE j.status = 'doing' AND j.task_name = %s"
+                " AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %s))"
+                " ORDER BY j.id",
+                (TASK_NAME, stalled_after),
+            )
+            handed: list[tuple[str, str | None]] = []
+            now = utcnow()
+            for job_id, raw_args in cur.fetchall():
+                args = JobArgs.from_kwargs(raw_args if isinstance(raw_args, dict) else json.loads(raw_args))
+                cur.execute("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (job_id,))
+                cur.execute(
+                    "SELECT s.id, s.status, r.priority, r.cancel_requested FROM flowstone_run_steps s"
+                    " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.run_id = %s AND s.asset = %s"
+                    " AND s.partition_key = %s AND s.job_id = %s FOR UPDATE OF s",
+                    (args.run, args.asset, _key(args.partition), job_id),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    continue  # the job had already recorded its outcome
+                step_id, status, priority, cancel = row
+                cur.execute(
+                    "DELETE FROM flowstone_step_claims WHERE tenant_id = %s AND asset = %s"
+                    " AND partition_key = %s AND step_id = %s",
+                    (args.tenant, args.asset, _key(args.partition), step_id),
+                )
+                worker_lost = status == _RUNNING
+                attempt = args.attempt + 1 if worker_lost else args.attempt
+                message = (
+                    f"the worker running '{args.asset}' stopped sending heartbeats for {stalled_after:g}s"
+                    f" (attempt {args.attempt})"
+                )
+                self._event(
+                    cur,
+                    args.tenant,
+                    "step.abandoned",
+                    args.run,
+                    args.asset,
+                    args.partition,
+                    {"job_id": job_id, "attempt": args.attempt, "reason": message},
+                    now,
+                )
+                if cancel:
+                    cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (step_id,))
+                    self._skip(cur, args.tenant, [step_id], "cancelled", "cancelled", now)
+                    self._count_down(cur, args.tenant, {args.run: 1}, now)
+                    continue
+                if worker_lost and args.attempt >= max_attempts(args.asset):
+                    error = ExecutionError(message + "; no attempts left")
+                    cur.execute(
+                        "UPDATE flowstone_run_steps SET status = 'failed', finished_at = %s,"
+                        " error_type = %s, error_message = %s WHERE id = %s",
+                        (now, error.type, error.message, step_id),
+                    )
+                    self._settled(
+                        cur,
+                        args.tenant,
+                        step_id,
+                        args.run,
+                        success=False,
+                        materialization_id=None,
+                        error=error,
+                        now=now,
+                    )
+                    continue
+                cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (step_id,))
+                item = _ToEnqueue(
+                    step_id,
+                    args.run,
+                    args.asset,
+                    _key(args.partition),
+                    attempt,
+                    priority,
+                    self._queue_of(args.asset),
+                )
+                self._defer(cur, args.tenant, [item], {args.asset: args.code})
+                handed.append((args.asset, args.partition))
+            return handed
+
+        return self._retrying(work, what="reaping stalled steps")
+
+    @staticmethod
+    def _try_lock(cur: Any, key: int) -> bool:
+        cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))
+        return bool(cur.fetchone()[0])
+
+    def prune_jobs(self, *, older_than: float) -> int:
+        """Delete finished jobs older than ``older_than`` seconds; returns how many."""
+
+        def work(cur: Any) -> int:
+            if not self._try_lock(cur, 7426004):
+                return 0
+            cur.execute(
+                "DELETE FROM procrastinate_jobs j WHERE j.status IN ('succeeded', 'failed', 'cancelled',"
+                " 'aborted') AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id"
+                " AND e.at > now() - make_interval(secs => %s))",
+                (older_than,),
+            )
+            return int(cur.rowcount)
+
+        return self._retrying(work, what="pruning finished jobs")
+
+    # ------------------------------------------------------------------ progress
+    def progress(self, *, tenant: str, run_id: str) -> tuple[str, dict[str, int]] | None:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT status FROM flowstone_runs WHERE id = %s AND tenant_id = %s", (run_id, tenant)
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                "SELECT status, count(*) FROM flowstone_run_steps WHERE run_id = %s GROUP BY status",
+                (run_id,),
+            )
+            return str(row[0]), {str(s): int(n) for s, n in cur.fetchall()}

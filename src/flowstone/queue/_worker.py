@@ -1,0 +1,390 @@
+"""``flowstone worker``: pick up queue steps and run them, on any host that reaches the store.
+
+One procrastinate worker per process runs up to ``concurrency`` steps at a time (each on a
+thread: asset functions are ordinary blocking code). Per job it:
+
+1. claims the step (``QueueDB.claim``): the database refuses a second running copy of the same
+   (tenant, asset, partition) and enforces pool, queue and tenant limits;
+2. computes it exactly as the local executors do (``engine._runner._compute``: load inputs,
+   call the asset, store the value through its I/O manager);
+3. records the outcome and hands off to the downstream steps in one transaction
+   (``QueueDB.finish``) — only after the value is stored.
+
+Housekeeping runs inside every worker, on a thread: steps of workers that stopped sending
+heartbeats are handed to a new job (``reap``), and finished jobs are pruned (``prune_jobs``).
+Resources are set up once per worker process and torn down when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from flowstone._context import Context
+from flowstone._errors import DependencyNotReady, FlowStoneError, ValidationError
+from flowstone._events import STEP_FAILED, STEP_RETRYING, STEP_SUCCEEDED, Event
+from flowstone._ids import new_id
+from flowstone._retry import next_delay
+from flowstone.engine._runner import RunEnv, _compute, _Computed, _StepIO, build_materialization
+from flowstone.io._base import UpstreamVersion
+from flowstone.queue._code import code_versions
+from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
+from flowstone.queue._db import Claimed, Finish, JobArgs, QueueDB, conninfo
+from flowstone.store._store import HOST, utcnow
+from flowstone.store._writer import StepOutcome, StepRows
+
+if TYPE_CHECKING:
+    from flowstone._app import FlowStone
+
+_log = logging.getLogger("flowstone.worker")
+
+
+class _Running:
+    """Contexts of the steps this worker runs, to ask them to stop when their run is cancelled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[int, tuple[Any, list[Context]]] = {}
+
+    def add(self, job_id: int, should_abort: Any) -> list[Context]:
+        contexts: list[Context] = []
+        with self._lock:
+            self._jobs[job_id] = (should_abort, contexts)
+        return contexts
+
+    def remove(self, job_id: int) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def check(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for should_abort, contexts in jobs:
+            try:
+                abort = bool(should_abort())
+            except Exception:  # the job finished meanwhile
+                continue
+            if abort:
+                for context in contexts:
+                    context._request_stop("its run was cancelled")
+
+
+class Worker:
+    """Runs queue steps of ``app``'s pipeline until stopped (SIGINT/SIGTERM or :meth:`stop`)."""
+
+    def __init__(
+        self,
+        app: FlowStone,
+        *,
+        concurrency: int | None = None,
+        queues: Iterable[str] | None = None,
+        config: QueueConfig | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config or app.queue_config
+        self.concurrency = concurrency or self.config.concurrency
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        self.queues = list(queues) if queues else None
+        self.name = name or f"{HOST}:{os.getpid()}"
+        self.db = QueueDB(app.store.engine, app.pipeline, config=self.config)
+        self.codes = code_versions(app.pipeline)
+        from flowstone.resources._runtime import RunResources
+
+        self.resources = RunResources(app.resources, events=app.events, clock=app.clock.monotonic)
+        self._running = _Running()
+        self._stop = threading.Event()
+        self._procrastinate: Any = None
+        self._worker_task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> None:
+        """Block, running steps, until stopped."""
+        import procrastinate
+
+        self.db.ensure_schema()
+        # The job table's own writes (fetch, finish) need no disk flush: a job whose finish is
+        # lost in a database crash runs again and finds its step already recorded.
+        info, kwargs = conninfo(
+            self.app.store.engine.url.render_as_string(hide_password=False),
+            options="-c synchronous_commit=off",
+        )
+        connector = procrastinate.PsycopgConnector(conninfo=info, kwargs=kwargs)
+        papp = procrastinate.App(connector=connector)
+        worker = self
+
+        @papp.task(name=TASK_NAME, pass_context=True)
+        def run_step(context: Any, /, **kwargs: Any) -> None:
+            worker.run_job(int(context.job.id), kwargs, context.should_abort)
+
+        self._procrastinate = papp
+        keeper = threading.Thread(target=self._housekeeping, name="flowstone-housekeeping", daemon=True)
+        keeper.start()
+        _log.info("worker %s started (concurrency %d, queues %s)", self.name, self.concurrency, self.queues)
+        try:
+            asyncio.run(self._run_async(papp))
+        finally:
+            self._stop.set()
+            keeper.join(timeout=10)
+            self.resources.teardown()
+            for manager in self.app.io_managers.values():
+                close = getattr(manager, "close", None)
+                if callable(close):
+                    with contextlib.suppress(Exception):
+                        close()
+
+    async def _run_async(self, papp: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        async with papp.open_async():
+            self._worker_task = asyncio.ensure_future(
+                papp.run_worker_async(
+                    queues=self.queues,
+                    name=self.name,
+                    concurrency=self.concurrency,
+                    wait=True,
+                    listen_notify=True,
+                    fetch_job_polling_interval=1.0,
+                    abort_job_polling_interval=0.5,
+                    install_signal_handlers=False,
+                    update_heartbeat_interval=self.config.heartbeat_every,
+                    stalled_worker_timeout=self.config.stalled_after,
+                    delete_jobs="successful",
+                )
+            )
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self.stop)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+
+    def stop(self) -> None:
+        """Stop fetching steps; running ones finish first."""
+        self._stop.set()
+        task, loop = self._worker_task, self._loop
+        if task is not None and loop is not None and not task.done():
+            loop.call_soon_threadsafe(task.cancel)
+
+    def _housekeeping(self) -> None:
+        next_prune = time.monotonic()
+        while not self._stop.wait(self.config.reap_every * (0.75 + random.random() / 2)):
+            try:
+                self._running.check()
+                for asset, key in self.db.reap(
+                    stalled_after=self.config.stalled_after, max_attempts=self._max_attempts
+                ):
+                    _log.warning("step '%s' [%s] of a dead worker handed to a new job", asset, key)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 3600
+                    self.db.prune_jobs(older_than=self.config.retention)
+            except Exception:
+                _log.exception("housekeeping failed; trying again")
+
+    def _max_attempts(self, asset: str) -> int:
+        definition = self.app.pipeline.assets.get(asset)
+        policy = (definition.retry if definition else None) or self.app.pipeline.retry_policy
+        return max(3, policy.max_attempts) if policy else 3
+
+    # ------------------------------------------------------------------ one job
+    def run_job(self, job_id: int, kwargs: dict[str, Any], should_abort: Any = None) -> None:
+        args = JobArgs.from_kwargs(kwargs)
+        claimed = self.db.claim(job_id, args, worker=self.name)
+        if not isinstance(claimed, Claimed):
+            return
+        contexts = self._running.add(job_id, should_abort or (lambda: False))
+        try:
+            self._run_claimed(claimed, contexts)
+        finally:
+            self._running.remove(job_id)
+
+    def _env(self, tenant: str, contexts: list[Context]) -> RunEnv:
+        app = self.app
+        return RunEnv(
+            app.pipeline,
+            app.store,
+            tenant,
+            app.io_managers,
+            self.resources,
+            app.events,
+            app.resolver(),
+            clock=app.clock,
+            on_context=contexts.append,
+        )
+
+    def _run_claimed(self, claimed: Claimed, contexts: list[Context]) -> None:
+        args = claimed.args
+        env = self._env(args.tenant, contexts)
+        key = (args.asset, args.partition)
+        mat_id = new_id()
+        definition = self.app.pipeline.assets.get(args.asset)
+        mine = self.codes.get(args.asset)
+        if definition is None or mine != args.code:
+            what = (
+                f"asset '{args.asset}' is not in this worker's pipeline '{self.app.pipeline.name}'"
+                if definition is None
+                else f"asset '{args.asset}' was enqueued with code version {args.code} but worker "
+                f"{self.name} runs {mine}"
+            )
+            refused = ValidationError(
+                f"{what}: deploy the same code to every worker and enqueuer, then run it again",
+                context={
+                    "asset": args.asset,
+                    "enqueued_code": args.code,
+                    "worker_code": mine,
+                    "worker": self.name,
+                },
+            )
+            computed = _Computed(utcnow(), 0.0, error=refused)
+            if definition is None:
+                self._record_failure_without_asset(claimed, refused)
+                return
+        else:
+            blocked = claimed.step.blocked
+            if blocked is not None:
+                computed = _Computed(
+                    utcnow(),
+                    0.0,
+                    error=DependencyNotReady(
+                        f"asset '{args.asset}' cannot run: {blocked[1]}",
+                        context={"asset": args.asset, "partition": args.partition},
+                        retryable=blocked[0] == "wait",
+                    ),
+                )
+            else:
+                upstream = tuple(
+                    UpstreamVersion(a, k, *claimed.upstream.get((a, k), (None, None)))
+                    for a, k in claimed.step.inputs
+                )
+                computed = _compute(env, claimed.step, args.run, _StepIO(mat_id, upstream))
+        rows = StepRows("postgresql")
+        error = computed.error
+        if error is None:
+            stored = computed.stored
+            event = Event(
+                STEP_SUCCEEDED,
+                utcnow(),
+                args.run,
+                args.asset,
+                args.partition,
+                {
+                    "duration_ms": round(computed.duration_ms, 3),
+                    "io_manager": env.io_manager_name(definition) if definition else None,
+                    "size_bytes": stored.size_bytes if stored is not None else None,
+                },
+            )
+            mat = build_materialization(
+                env,
+                key,
+                computed,
+                "success",
+                materialization_id=mat_id,
+                run_id=args.run,
+                attempt=args.attempt,
+            )
+            lineage = [
+                (mat_up, a, k, version)
+                for (a, k) in claimed.step.inputs
+                for mat_up, version in [claimed.upstream.get((a, k), (None, None))]
+                if mat_up is not None
+            ]
+            rows.finish_step(tenant=args.tenant, outcome=StepOutcome(claimed.step_id, mat, lineage, event))
+            finish = Finish(rows, True, materialization_id=mat.id)
+        elif error.type == DependencyNotReady.type and error.retryable and self._may_wait(claimed):
+            event = Event(
+                STEP_RETRYING,
+                utcnow(),
+                args.run,
+                args.asset,
+                args.partition,
+                {"attempt": args.attempt, "waiting": True, "error": error.to_dict()},
+            )
+            rows.calls.append(("event", [rows._event(args.tenant, event)]))
+            finish = Finish(rows, False, error=error, not_ready_delay=self.config.not_ready_every)
+        else:
+            policy = (definition.retry or self.app.pipeline.retry_policy) if definition else None
+            delay = next_delay(policy, error, args.attempt)
+            if delay is not None:
+                event = Event(
+                    STEP_RETRYING,
+                    utcnow(),
+                    args.run,
+                    args.asset,
+                    args.partition,
+                    {"attempt": args.attempt, "delay_s": round(delay, 3), "error": error.to_dict()},
+                )
+                mat = build_materialization(
+                    env,
+                    key,
+                    computed,
+                    "failed",
+                    materialization_id=mat_id,
+                    run_id=args.run,
+                    attempt=args.attempt,
+                    retry_delay=delay,
+                )
+                rows.retry_step(tenant=args.tenant, outcome=StepOutcome(claimed.step_id, mat, (), event))
+                finish = Finish(rows, False, error=error, retry_delay=delay)
+            else:
+                event = Event(
+                    STEP_FAILED, utcnow(), args.run, args.asset, args.partition, {"error": error.to_dict()}
+                )
+                mat = build_materialization(
+                    env,
+                    key,
+                    computed,
+                    "failed",
+                    materialization_id=mat_id,
+                    run_id=args.run,
+                    attempt=args.attempt,
+                )
+                rows.finish_step(tenant=args.tenant, outcome=StepOutcome(claimed.step_id, mat, (), event))
+                finish = Finish(rows, False, error=error, materialization_id=mat.id)
+        if self.db.finish(claimed, finish):
+            self.app.events.emit(event)
+        else:
+            _log.warning(
+                "step '%s' [%s] of run %s was handed to another job while this one ran; its outcome "
+                "is not recorded",
+                args.asset,
+                args.partition,
+                args.run,
+            )
+
+    def _may_wait(self, claimed: Claimed) -> bool:
+        return (utcnow() - claimed.run_created_at).total_seconds() < self.config.not_ready_for
+
+    def _record_failure_without_asset(self, claimed: Claimed, error: FlowStoneError) -> None:
+        args = claimed.args
+        rows = StepRows("postgresql")
+        now = utcnow()
+        rows.calls.append(
+            (
+                "finish_step",
+                {
+                    "step_id": claimed.step_id,
+                    "attempt": args.attempt,
+                    "status": "failed",
+                    "finished_at": now,
+                    "duration_ms": 0.0,
+                    "materialization_id": None,
+                    "error_type": error.type,
+                    "error_message": error.message,
+                },
+            )
+        )
+        event = Event(STEP_FAILED, now, args.run, args.asset, args.partition, {"error": error.to_dict()})
+        rows.calls.append(("event", [rows._event(args.tenant, event)]))
+        self.db.finish(claimed, Finish(rows, False, error=error))
+
+
+__all__ = ["DEFAULT_QUEUE", "Worker"]
