@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from flowstone._catalog import CatalogReport
     from flowstone._doctor import CheckResult
     from flowstone._records import BackfillRecord, RunRecord, StepRecord
+    from flowstone.checkpoints._api import Approvals, Notifier
     from flowstone.engine._backfill import BackfillResult
     from flowstone.engine._planner import Plan, Resolve
     from flowstone.engine._result import RunResult
@@ -62,6 +63,7 @@ class FlowStone:
         storage_dir: str | Path | None = None,
         clock: Clock | None = None,
         queue: QueueConfig | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         from flowstone.io._filesystem import FilesystemIOManager
         from flowstone.io._memory import MemoryIOManager
@@ -82,6 +84,10 @@ class FlowStone:
         from flowstone.queue._config import QueueConfig
 
         self.queue_config = queue or QueueConfig()
+        from flowstone.checkpoints._api import LogNotifier
+
+        # Told about approval requests, escalations, decisions and timeouts.
+        self.notifier: Notifier = notifier or LogNotifier()
         self._run_queue: RunQueue | None = None
         if store is None:
             store = "sqlite:///" + str(Path(DEFAULT_STORE).resolve())
@@ -252,10 +258,61 @@ class FlowStone:
             cancelled=cancelled,
             backfill_id=backfill_id,
             clock=self.clock,
+            notifier=self.notifier,
         )
         try:
             return execute_plan(
                 env, plan, parallel=parallel, keep_values=values, actor=actor, executor=executor
+            )
+        finally:
+            resources.teardown()
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def approvals(self) -> Approvals:
+        """Approval requests of the pipeline's checkpoints: list, approve, modify, reject."""
+        from flowstone.checkpoints._api import Approvals
+
+        return Approvals(self)
+
+    def resume_run(self, run_id: str, *, parallel: int = 1, executor: str | None = None) -> RunResult:
+        """Run what a paused run (``waiting_approval``) can run now that a gate was decided:
+        its pending steps, in the same run."""
+        import dataclasses
+
+        from flowstone._records import StepStatus
+        from flowstone.engine._runner import RunEnv, execute_plan
+        from flowstone.resources._runtime import RunResources
+
+        found = self.run(run_id)
+        if found is None:
+            raise ValidationError(f"no run {run_id!r}", context={"run_id": run_id})
+        record, steps = found
+        pending = {(s.asset, s.partition_key): s.id for s in steps if s.status is StepStatus.PENDING}
+        selected = set(record.selection)
+        keys = sorted({s.partition_key for s in steps if s.asset in selected and s.partition_key is not None})
+        plan = self.plan(record.selection, partitions=keys or None, force=False)
+        plan = dataclasses.replace(plan, steps=[s for s in plan.steps if s.key in pending])
+        resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
+        env = RunEnv(
+            self.pipeline,
+            self.store,
+            self.tenant,
+            self.io_managers,
+            resources,
+            self.events,
+            plan.resolve or self.resolver(),
+            clock=self.clock,
+            notifier=self.notifier,
+        )
+        try:
+            return execute_plan(
+                env,
+                plan,
+                parallel=parallel,
+                actor="system:resume",
+                executor=executor,
+                resume=(record.id, pending),
             )
         finally:
             resources.teardown()

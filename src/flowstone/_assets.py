@@ -14,7 +14,7 @@ import keyword
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from flowstone._durations import parse_duration
 from flowstone._errors import DefinitionError
@@ -53,6 +53,10 @@ class Output:
         return f"Output({self.value!r}, metadata={self.metadata!r})"
 
 
+if TYPE_CHECKING:
+    from flowstone.checkpoints._definition import CheckpointSpec
+
+
 @dataclass(frozen=True, eq=False)
 class AssetDefinition(Generic[P, R]):
     """One registered asset. Calling it calls the wrapped function (handy in unit tests)."""
@@ -74,6 +78,8 @@ class AssetDefinition(Generic[P, R]):
     # Queue runs: the queue its steps' jobs go to, and the named pool whose limit they count in.
     queue: str | None = None
     pool: str | None = None
+    # Set for approval gates (``@pipeline.checkpoint``): how the gate asks and decides.
+    checkpoint: CheckpointSpec | None = None
     location: str = "<unknown>"
     # Parameter name -> dependency name, for the values passed to ``fn``; ``**kwargs`` gets the rest.
     params: tuple[str, ...] = ()

@@ -15,6 +15,7 @@ No global state: every ``Pipeline`` object is its own registry, so tests build a
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import sys
@@ -110,6 +111,76 @@ class Pipeline:
             return definition
 
         return register(fn) if fn is not None else register
+
+    def checkpoint(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        depends_on: Sequence[str | AssetDefinition[..., Any]] | None = None,
+        partitioned_by: PartitionsDefinition | None = None,
+        ins: Mapping[str, In] | None = None,
+        tags: Mapping[str, str] | Sequence[str] | None = None,
+        io_manager: str | None = None,
+        condition: Callable[..., Any] | None = None,
+        message: Callable[..., Any] | str | None = None,
+        approval_type: str = "manual",
+        auto_decide: Callable[..., Any] | None = None,
+        timeout: str | float | timedelta | None = None,
+        on_timeout: Any = "escalate",
+        escalate_to: Sequence[str] | str | None = None,
+        on_approve: Callable[..., Any] | None = None,
+        on_modify: Callable[..., Any] | None = None,
+        on_reject: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Register an approval gate (see :mod:`flowstone.checkpoints`): the function is its
+        condition ``(context, **upstream) -> bool``; the gate passes its upstream's value on
+        once approved (or the reviewer's value once modified). A gate with one partitioned
+        upstream takes that upstream's partitions unless ``partitioned_by`` is given."""
+        from flowstone._assets import _fail, location_of
+        from flowstone.checkpoints._definition import build_spec
+
+        def register(func: Callable[..., Any]) -> AssetDefinition[..., Any]:
+            base = build_asset(
+                func,
+                name=name,
+                description=description,
+                depends_on=depends_on,
+                io_manager=io_manager,
+                tags=tags,
+                partitioned_by=partitioned_by,
+                ins=ins,
+            )
+            partitions = partitioned_by
+            if partitions is None and len(base.deps) == 1 and base.deps[0] in self._assets:
+                partitions = self._assets[base.deps[0]].partitioned_by
+            spec = build_spec(
+                func,
+                deps=base.deps,
+                fail=lambda text: _fail(text, asset=base.name, location=location_of(func)),
+                message=message,
+                approval_type=approval_type,
+                auto_decide=auto_decide,
+                timeout=timeout,
+                on_timeout=on_timeout,
+                escalate_to=escalate_to,
+                on_approve=on_approve,
+                on_modify=on_modify,
+                on_reject=on_reject,
+                condition=condition,
+            )
+            definition = dataclasses.replace(base, partitioned_by=partitions, checkpoint=spec)
+            self.add(definition)
+            return definition
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def checkpoints(self) -> Mapping[str, AssetDefinition[..., Any]]:
+        """The approval gates of the pipeline, by name."""
+        return {n: a for n, a in self._assets.items() if a.checkpoint is not None}
 
     def add(self, definition: AssetDefinition[..., Any]) -> None:
         """Register a definition built elsewhere (e.g. generated in a loop)."""

@@ -11,6 +11,8 @@ from typing import Any
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Everything that could run did; steps wait behind a checkpoint for a decision.
+    WAITING_APPROVAL = "waiting_approval"
     RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -22,12 +24,13 @@ class RunStatus(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING_APPROVAL)
 
 
 class StepStatus(enum.StrEnum):
     PENDING = "pending"
     QUEUED = "queued"  # queue runs: its job is waiting for a worker
+    WAITING_APPROVAL = "waiting_approval"  # a checkpoint waiting for a person's decision
     RUNNING = "running"
     RETRYING = "retrying"  # an attempt failed; the next one waits for its delay
     SUCCEEDED = "succeeded"

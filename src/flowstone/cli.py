@@ -47,6 +47,9 @@ STATUS_STYLE = {
     "pending": "dim",
     "skipped": "magenta",
     "abandoned": "red",
+    "queued": "dim",
+    "cancelled": "magenta",
+    "waiting_approval": "cyan",
 }
 
 

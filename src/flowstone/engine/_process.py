@@ -21,6 +21,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 from flowstone._errors import ExecutionError, StepTimeout, format_traceback
 
 TERMINATE_GRACE_S = 5.0
+STOP_POLL_S = 0.25
 
 
 @dataclass
@@ -57,11 +59,24 @@ class ProcessStepExecutor:
         self._lock = threading.Lock()
 
     def submit(
-        self, fn: Callable[[], Any], *, timeout: float | None = None, label: str = "step"
+        self,
+        fn: Callable[[], Any],
+        *,
+        timeout: float | None = None,
+        label: str = "step",
+        stop_requested: Callable[[], bool] | None = None,
     ) -> Future[Any]:
-        return self._watchers.submit(self._run, fn, timeout, label)
+        """Run ``fn`` in a child process. ``stop_requested`` is polled while it runs; when it
+        turns true the child is terminated (a queue worker's step whose run was cancelled)."""
+        return self._watchers.submit(self._run, fn, timeout, label, stop_requested)
 
-    def _run(self, fn: Callable[[], Any], timeout: float | None, label: str) -> ChildOutcome:
+    def _run(
+        self,
+        fn: Callable[[], Any],
+        timeout: float | None,
+        label: str,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> ChildOutcome:
         receiver, sender = self._mp.Pipe(duplex=False)
         process = self._mp.Process(target=_child, args=(fn, sender), name=f"flowstone-{label}", daemon=True)
         process.start()
@@ -70,14 +85,34 @@ class ProcessStepExecutor:
         with self._lock:
             self._children[pid] = process
         try:
-            if receiver.poll(timeout):
-                try:
-                    outcome: ChildOutcome = receiver.recv()
-                except EOFError:  # the process died without a word
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                wait = (
+                    left
+                    if stop_requested is None
+                    else min(STOP_POLL_S, left if left is not None else STOP_POLL_S)
+                )
+                if receiver.poll(wait):
+                    try:
+                        outcome: ChildOutcome = receiver.recv()
+                    except EOFError:  # the process died without a word
+                        process.join()
+                        return ChildOutcome(_died(label, process.exitcode), pid)
                     process.join()
-                    return ChildOutcome(_died(label, process.exitcode), pid)
-                process.join()
-                return outcome
+                    return outcome
+                if stop_requested is not None and stop_requested():
+                    _stop(process)
+                    return ChildOutcome(
+                        ExecutionError(
+                            f"step {label} was stopped: its run was cancelled and its process "
+                            f"(pid {pid}) terminated",
+                            context={"pid": pid, "terminated": True, "cancelled": True},
+                        ),
+                        pid,
+                    )
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
             _stop(process)
             return ChildOutcome(
                 StepTimeout(

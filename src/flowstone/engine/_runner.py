@@ -134,6 +134,8 @@ class RunEnv:
     # Called with each step's Context before the asset runs (the queue worker keeps it to ask
     # the step to stop when its run is cancelled).
     on_context: Callable[[Context], None] | None = None
+    # Told about approval requests (flowstone.checkpoints.Notifier); None: the log notifier.
+    notifier: Any = None
     _param_types: dict[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def io_manager_name(self, asset: AssetDefinition[..., Any]) -> str:
@@ -193,6 +195,8 @@ class _Computed:
     error: FlowStoneError | None = None
     traceback: str | None = None
     value_kept: bool = True
+    # A checkpoint that needs a person: {"message": ..., "summary": ...}; the value is stored.
+    waiting: dict[str, Any] | None = None
 
     def without_value(self, reason: str) -> _Computed:
         """This outcome minus its value (which could not cross to the parent process)."""
@@ -379,9 +383,15 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
         if env.on_context is not None:
             env.on_context(context)
         stage = "execute"
-        result = _call_with_timeout(
-            lambda: asset.fn(context, **kwargs), None if env.external_timeouts else asset.timeout, context
-        )
+        waiting: dict[str, Any] | None = None
+        if asset.checkpoint is not None:
+            from flowstone.checkpoints._gate import evaluate_gate
+
+            result, waiting = evaluate_gate(asset, context, kwargs)
+        else:
+            result = _call_with_timeout(
+                lambda: asset.fn(context, **kwargs), None if env.external_timeouts else asset.timeout, context
+            )
         _check_result(asset, result)
         metadata: dict[str, Any] = {}
         data_version = None
@@ -430,6 +440,7 @@ def _compute(env: RunEnv, step: PlannedStep, run_id: str, step_io: _StepIO) -> _
             stored=stored,
             metadata=metadata,
             data_version=data_version,
+            waiting=waiting,
         )
     except FlowStoneError as err:
         err.context.setdefault("asset", asset.name)
@@ -504,14 +515,24 @@ def build_materialization(
 
 
 class _Run:
-    def __init__(self, env: RunEnv, plan: Plan, executor: Executor, *, keep_values: bool) -> None:
+    def __init__(
+        self,
+        env: RunEnv,
+        plan: Plan,
+        executor: Executor,
+        *,
+        keep_values: bool,
+        resume: tuple[str, Mapping[StepKey, str]] | None = None,
+    ) -> None:
         self.env = env
         self.plan = plan
         self.executor = executor
         self.keep_values = keep_values
-        self.run_id = new_id()
+        # Resuming (after a checkpoint's approval): the run and its steps exist already.
+        self.resume = resume
+        self.run_id = resume[0] if resume else new_id()
         keyed = [(s.key, s) for s in plan.steps]
-        self.step_ids = {key: new_id() for key, _ in keyed}
+        self.step_ids = {key: resume[1][key] if resume else new_id() for key, _ in keyed}
         self.steps = dict(keyed)
         self.inputs = {key: s.inputs for key, s in keyed}
         self.results: dict[StepKey, StepResult] = {
@@ -543,7 +564,15 @@ class _Run:
 
     def execute(self, *, actor: str, executor_name: str) -> RunResult:
         env = self.env
-        started_at = env.store.create_run(
+        if self.resume is not None:
+            started_at = env.store.reopen_run(tenant=env.tenant, run_id=self.run_id)
+        else:
+            started_at = self._create(actor, executor_name)
+        return self._execute(started_at)
+
+    def _create(self, actor: str, executor_name: str) -> Any:
+        env = self.env
+        return env.store.create_run(
             tenant=env.tenant,
             run_id=self.run_id,
             pipeline=env.pipeline.name,
@@ -564,6 +593,9 @@ class _Run:
             ],
             backfill_id=env.backfill_id,
         )
+
+    def _execute(self, started_at: Any) -> RunResult:
+        env = self.env
         if self.plan.existing:  # the versions of inputs read but not recomputed, for provenance
             versions = env.store.data_versions(
                 tenant=env.tenant, materialization_ids=self.plan.existing.values()
@@ -588,8 +620,11 @@ class _Run:
         self.executor.shutdown()
         self.writer.close()
         failed = any(r.status is not StepStatus.SUCCEEDED for r in self.results.values())
+        waiting = any(r.status is StepStatus.WAITING_APPROVAL for r in self.results.values())
         if self.cancelled and not any(r.status is StepStatus.FAILED for r in self.results.values()):
             status = RunStatus.CANCELLED
+        elif waiting:  # its pending steps wait for a decision; approving resumes them
+            status = RunStatus.WAITING_APPROVAL
         else:
             status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
         finished_at = env.store.finish_run(tenant=env.tenant, run_id=self.run_id, status=status)
@@ -637,7 +672,9 @@ class _Run:
             for future in done:
                 key = inflight.pop(future)
                 computed = self._outcome(key, future.result())
-                if computed.error is None:
+                if computed.error is None and computed.waiting is not None:
+                    self._wait_for_approval(key, computed)
+                elif computed.error is None:
                     self._succeeded(key, computed)
                     unblocked = []
                     for child in self.children[key]:
@@ -810,6 +847,37 @@ class _Run:
         self.data_versions[key] = mat.data_version
         self.results[key]._value = computed.value if self.keep_values and computed.value_kept else _NOT_KEPT
 
+    def _wait_for_approval(self, key: StepKey, computed: _Computed) -> None:
+        """A checkpoint needs a person: its value is stored; open the request, park the step."""
+        from flowstone.checkpoints._api import open_request
+
+        assert computed.waiting is not None
+        asset = self.env.pipeline.assets[key[0]]
+        mat_id = self.pending_mat_ids.pop(key, None) or new_id()
+        lineage = [
+            [self.mat_ids[i], i[0], i[1], self.data_versions.get(i)]
+            for i in self.inputs[key]
+            if i in self.mat_ids
+        ]
+        self._writer.flush()  # the step's start is in the store before its request
+        self._writer.wait_step(step_id=self.step_ids[key], attempt=self.attempts.get(key, 1))
+        self._writer.flush()
+        record = open_request(
+            self.env,
+            asset,
+            run_id=self.run_id,
+            step_id=self.step_ids[key],
+            partition_key=key[1],
+            materialization_id=mat_id,
+            computed=computed,
+            lineage=lineage,
+            attempt=self.attempts.get(key, 1),
+        )
+        self.emit("checkpoint.requested", key, approval_id=record.id, message=record.message)
+        result = self.results[key]
+        result.status = StepStatus.WAITING_APPROVAL
+        result.duration_ms = computed.duration_ms
+
     def _failed(self, key: StepKey, computed: _Computed) -> None:
         assert computed.error is not None
         self._emit_error(key, computed.error)
@@ -854,6 +922,7 @@ def execute_plan(
     keep_values: bool = False,
     actor: str = "api",
     executor: str | None = None,
+    resume: tuple[str, Mapping[StepKey, str]] | None = None,
 ) -> RunResult:
     """Run ``plan``. ``executor``: ``serial`` (the default for one step at a time), ``threads``
     (the default when ``parallel`` > 1) or ``processes`` (a forked process per step, so a step
@@ -889,5 +958,5 @@ def execute_plan(
         chosen = ThreadPoolStepExecutor(parallel)
     else:
         chosen = SerialExecutor()
-    run = _Run(env, plan, chosen, keep_values=keep_values)
+    run = _Run(env, plan, chosen, keep_values=keep_values, resume=resume)
     return run.execute(actor=actor, executor_name=getattr(chosen, "name", "custom"))

@@ -304,6 +304,25 @@ class Store:
             )
         return now
 
+    def reopen_run(self, *, tenant: str, run_id: str) -> datetime:
+        """A paused run (waiting for an approval) runs again; returns when it first started."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.runs.update()
+                .where(t.runs.c.id == run_id, t.runs.c.tenant_id == tenant)
+                .values(
+                    status=RunStatus.RUNNING.value,
+                    finished_at=None,
+                    heartbeat_at=now,
+                    host=HOST,
+                    pid=os.getpid(),
+                )
+            )
+            started = conn.execute(sa.select(t.runs.c.started_at).where(t.runs.c.id == run_id)).scalar()
+            self._events(conn, tenant, [{"type": "run.resumed", "run_id": run_id, "at": now}])
+        return _utc(started) or now
+
     def abandon_run(self, *, tenant: str, run_id: str, reason: str) -> None:
         """Mark a run and its unfinished steps abandoned (its process died or was interrupted)."""
         now = utcnow()

@@ -292,3 +292,41 @@ backfills = sa.Table(
     sa.Column("error", sa.Text),
     sa.Index("ix_flowstone_backfills_tenant_created", "tenant_id", "created_at"),
 )
+
+# Approval requests of checkpoints (human gates), one per (run, checkpoint, partition). Status
+# follows flowstone.checkpoints._state; every request and decision also writes an audit row.
+approvals = sa.Table(
+    "flowstone_approvals",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column("run_id", sa.String(_ID), nullable=False),
+    sa.Column("step_id", sa.String(_ID), nullable=False),
+    sa.Column("checkpoint", sa.String(255), nullable=False),
+    sa.Column("partition_key", sa.String(1024), nullable=False, server_default=""),
+    # The materialization holding the value under review (what passes on when approved).
+    sa.Column("materialization_id", sa.String(_ID)),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("approval_type", sa.String(32), nullable=False, server_default="manual"),
+    sa.Column("message", sa.Text),
+    sa.Column("context", sa.JSON),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("timeout_at", Timestamp),
+    sa.Column("decided_by", sa.String(255)),
+    sa.Column("decided_at", Timestamp),
+    sa.Column("reason", sa.Text),
+    sa.Column("modifications", sa.JSON),
+    sa.Column("escalated_to", sa.JSON),
+    sa.Column("escalation_count", sa.Integer, nullable=False, server_default="0"),
+    sa.UniqueConstraint("run_id", "checkpoint", "partition_key", name="uq_flowstone_approvals_step"),
+    sa.Index("ix_flowstone_approvals_status", "tenant_id", "status", "created_at"),
+    sa.Index("ix_flowstone_approvals_checkpoint", "tenant_id", "checkpoint", "partition_key"),
+)
+_open_approval = approvals.c.status.in_(["pending", "escalated"])
+sa.Index(
+    "ix_flowstone_approvals_timeout",
+    approvals.c.timeout_at,
+    sqlite_where=_open_approval,
+    postgresql_where=_open_approval,
+)

@@ -308,6 +308,18 @@ class StepRows:
         }
         self._write([("start_step", start), ("event", [self._event(tenant, event)])])
 
+    def wait_step(self, *, step_id: str, attempt: int) -> None:
+        """A checkpoint step parks as ``waiting_approval`` (its value stored, no record yet; the
+        request's own transaction writes the checkpoint.requested event)."""
+        row = {
+            "step_id": step_id,
+            "attempt": attempt,
+            "status": StepStatus.WAITING_APPROVAL.value,
+            "error_type": None,
+            "error_message": None,
+        }
+        self._write([("retry_step", row)])
+
     def retry_step(self, *, tenant: str, outcome: StepOutcome) -> None:
         """A failed attempt that will be tried again: its materialization and the step.retrying
         event are recorded, the step waits as ``retrying``; the partition's state is left to the
