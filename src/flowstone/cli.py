@@ -284,6 +284,12 @@ def materialize(
         elif event.type == STEP_SKIPPED:
             out.print(f"  [magenta]-[/magenta] {where} skipped: ", end="")
             out.print(str(event.data.get("reason")), markup=False)
+        elif event.type == "checkpoint.requested":
+            out.print(
+                f"  [cyan]⏸[/cyan] {where} waits for approval {str(event.data.get('approval_id'))[:12]}: ",
+                end="",
+            )
+            out.print(str(event.data.get("message") or ""), markup=False)
 
     unsubscribe = app.events.subscribe(show)
     try:
@@ -292,6 +298,12 @@ def materialize(
         unsubscribe()
     style = STATUS_STYLE.get(result.status.value, "")
     out.print(f"run {result.run_id} [{style}]{result.status.value}[/{style}]")
+    if result.status.value == "waiting_approval":
+        out.print(
+            "decide with `flowstone approvals list` / `approve ID` / `reject ID --reason ...`; "
+            "the run resumes"
+        )
+        return
     if not result.success:
         for step in result.failures:
             if step.error is not None and state.verbose:
@@ -928,6 +940,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _register_extra_commands() -> None:
+    from flowstone._cli_approvals import approvals
     from flowstone._cli_doctor import doctor
     from flowstone._cli_queue import run_cancel, worker
     from flowstone.telemetry._cli import metrics
@@ -935,6 +948,7 @@ def _register_extra_commands() -> None:
     main.add_command(doctor)
     main.add_command(metrics)
     main.add_command(worker)
+    main.add_command(approvals)
     run.add_command(run_cancel)
 
 
