@@ -66,6 +66,10 @@ class Pipeline:
         self._assets: dict[str, AssetDefinition[..., Any]] = {}
         self._duplicates: list[AssetDefinition[..., Any]] = []
         self._graph: AssetGraph | None = None
+        # Schedules and sensors by name (flowstone.schedules); evaluated by `flowstone daemon`.
+        self.schedules: dict[str, Any] = {}
+        self.sensors: dict[str, Any] = {}
+        self._automation_duplicates: list[tuple[str, Any]] = []
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, {len(self._assets)} assets)"
@@ -176,6 +180,109 @@ class Pipeline:
             return definition
 
         return register(fn) if fn is not None else register
+
+    # ------------------------------------------------------------------ schedules and sensors
+    def schedule(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        cron: str,
+        target: Any,
+        timezone: str = "UTC",
+        partition: Callable[[Any], Any] | None = None,
+        catch_up: str = "latest",
+        max_catch_up: int = 50,
+        description: str | None = None,
+    ) -> Any:
+        """Run ``target`` on a cron schedule (evaluated by ``flowstone daemon``).
+
+        ``pipeline.schedule("nightly", cron="0 3 * * *", timezone="Europe/Oslo", target=[...])``
+        registers it; without a name it decorates the function giving a tick's partition(s).
+        ``catch_up`` says what happens to ticks missed while no daemon ran: ``latest`` (one run,
+        for the most recent), ``all`` (one per tick, at most ``max_catch_up``) or ``none``.
+        """
+        from flowstone.schedules._definitions import build_schedule
+
+        options = {
+            "cron": cron,
+            "target": target,
+            "timezone": timezone,
+            "catch_up": catch_up,
+            "max_catch_up": max_catch_up,
+            "description": description,
+        }
+        if name is not None:
+            definition = build_schedule(name, partition=partition, **options)
+            self._add_automation("schedule", definition)
+            return definition
+
+        def register(fn: Callable[..., Any]) -> Any:
+            from flowstone._assets import location_of
+
+            built = build_schedule(fn.__name__, partition=fn, location=location_of(fn), **options)
+            self._add_automation("schedule", built)
+            return built
+
+        return register
+
+    def sensor(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        target: Any,
+        name: str | None = None,
+        interval: str | float | timedelta = "30s",
+        timeout: str | float | timedelta = "60s",
+        description: str | None = None,
+    ) -> Any:
+        """Poll something with ``fn(context, cursor) -> SensorResult`` every ``interval`` (the
+        daemon does) and run ``target`` for the partitions it asks for."""
+        from flowstone.schedules._definitions import build_sensor
+
+        def register(func: Callable[..., Any]) -> Any:
+            built = build_sensor(
+                func, name=name, interval=interval, target=target, timeout=timeout, description=description
+            )
+            self._add_automation("sensor", built)
+            return built
+
+        return register(fn) if fn is not None else register
+
+    def _add_automation(self, kind: str, definition: Any) -> None:
+        table = self.schedules if kind == "schedule" else self.sensors
+        if definition.name in self.schedules or definition.name in self.sensors:
+            self._automation_duplicates.append((kind, definition))
+        else:
+            table[definition.name] = definition
+
+    def _automation_problems(self) -> list[Problem]:
+        found = []
+        for kind, dup in self._automation_duplicates:
+            found.append(
+                Problem(
+                    "duplicate_name",
+                    f"{kind} '{dup.name}' is defined twice (schedules and sensors share one namespace)",
+                    asset=None,
+                    location=dup.location,
+                )
+            )
+        for kind, table in (("schedule", self.schedules), ("sensor", self.sensors)):
+            for definition in table.values():
+                for expr in definition.target:
+                    try:
+                        self.graph.select([expr])
+                    except Exception as exc:
+                        found.append(
+                            Problem(
+                                "unknown_target",
+                                f"{kind} '{definition.name}' targets {expr!r}: {exc}",
+                                asset=None,
+                                location=definition.location,
+                            )
+                        )
+        return found
 
     @property
     def checkpoints(self) -> Mapping[str, AssetDefinition[..., Any]]:
@@ -288,6 +395,7 @@ class Pipeline:
                 )
             else:
                 found.extend(_io_problems(asset, manager, bound))
+        found.extend(self._automation_problems())
         for cycle in self.graph.cycles():
             first = self._assets[cycle[0]]
             found.append(

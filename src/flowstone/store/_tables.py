@@ -330,3 +330,57 @@ sa.Index(
     sqlite_where=_open_approval,
     postgresql_where=_open_approval,
 )
+
+# Schedules, sensors and automation conditions: whether each is on (NULL: its default) and
+# where its evaluation got to (a schedule's last evaluated tick, a sensor's cursor).
+automation_state = sa.Table(
+    "flowstone_automation_state",
+    metadata,
+    _tenant(),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("enabled", sa.Boolean),
+    sa.Column("cursor", sa.Text),
+    sa.Column("last_evaluated_at", Timestamp),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("updated_by", sa.String(255), nullable=False, server_default="system"),
+    sa.PrimaryKeyConstraint("tenant_id", "kind", "name", name="pk_flowstone_automation_state"),
+)
+
+# One row per schedule tick or sensor evaluation that asked for runs (or was skipped). The
+# unique key is inserted before anything is launched: a tick fires once however many daemons run.
+ticks = sa.Table(
+    "flowstone_ticks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("tick_key", sa.String(255), nullable=False),
+    sa.Column("tick_at", Timestamp, nullable=False),
+    # launching | launched | skipped | failed
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("run_ids", sa.JSON, nullable=False),
+    sa.Column("partitions", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("daemon_id", sa.String(_ID)),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "kind", "name", "tick_key", name="uq_flowstone_ticks_key"),
+    sa.Index("ix_flowstone_ticks_name_at", "tenant_id", "kind", "name", "tick_at"),
+)
+
+# Running daemons, with a heartbeat: a tick left ``launching`` by a daemon whose heartbeat stopped
+# is taken over by another.
+daemons = sa.Table(
+    "flowstone_daemons",
+    metadata,
+    sa.Column("id", sa.String(_ID), primary_key=True),
+    _tenant(),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False),
+    sa.Column("stopped_at", Timestamp),
+)
