@@ -943,12 +943,15 @@ def _register_extra_commands() -> None:
     from flowstone._cli_approvals import approvals
     from flowstone._cli_doctor import doctor
     from flowstone._cli_queue import run_cancel, worker
+    from flowstone._cli_schedules import daemon, dev, schedules, sensors
     from flowstone.telemetry._cli import metrics
 
     main.add_command(doctor)
     main.add_command(metrics)
     main.add_command(worker)
     main.add_command(approvals)
+    for command in (schedules, sensors, daemon, dev):
+        main.add_command(command)
     run.add_command(run_cancel)
 
 
