@@ -80,6 +80,9 @@ class AssetDefinition(Generic[P, R]):
     pool: str | None = None
     # Set for approval gates (``@pipeline.checkpoint``): how the gate asks and decides.
     checkpoint: CheckpointSpec | None = None
+    # Declarative automation (flowstone.automation: eager(), on_cron(...), freshness(...)),
+    # evaluated by the daemon.
+    automation: Any = None
     location: str = "<unknown>"
     # Parameter name -> dependency name, for the values passed to ``fn``; ``**kwargs`` gets the rest.
     params: tuple[str, ...] = ()
@@ -176,6 +179,7 @@ def build_asset(
     retry: RetryPolicy | None = None,
     queue: str | None = None,
     pool: str | None = None,
+    automation: Any = None,
 ) -> AssetDefinition[P, R]:
     """Check one decorator's options against its function and build the definition."""
     location = location_of(fn)
@@ -245,6 +249,13 @@ def build_asset(
                 location=location,
             )
 
+    if automation is not None:
+        from flowstone.schedules._automation import check_condition
+
+        problem = check_condition(automation)
+        if problem is not None:
+            raise _fail(f"automation: {problem}", asset=asset_name, location=location)
+
     params, var_kwargs, required = _signature(fn, asset=asset_name, location=location)
     if depends_on is None:
         deps = tuple(required)
@@ -309,6 +320,7 @@ def build_asset(
         retry=retry,
         queue=queue,
         pool=pool,
+        automation=automation,
         location=location,
         params=tuple(p for p in params if p in deps),
         takes_var_kwargs=var_kwargs,

@@ -99,6 +99,7 @@ class Pipeline:
         retry: RetryPolicy | None = None,
         queue: str | None = None,
         pool: str | None = None,
+        automation: Any = None,
     ) -> Callable[[Callable[P, R]], AssetDefinition[P, R]]: ...
 
     def asset(

@@ -82,6 +82,7 @@ class Daemon:
         self.stale_after = timedelta(seconds=stale_after)
         self._stop = threading.Event()
         self._registered = False
+        self._evaluator: Any = None
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -121,6 +122,12 @@ class Daemon:
                 report.errors.append(("schedule", schedule.name, f"{type(exc).__name__}: {exc}"))
         for sensor in self.app.pipeline.sensors.values():
             self._sensor(sensor, now, report)
+        if any(a.automation is not None for a in self.app.pipeline.assets.values()):
+            try:
+                self._automation(now, report)
+            except Exception as exc:
+                _log.exception("automation failed")
+                report.errors.append(("automation", "conditions", f"{type(exc).__name__}: {exc}"))
         try:
             report.timeouts = self.app.approvals.process_timeouts(now=now)
         except Exception as exc:
@@ -235,6 +242,28 @@ class Daemon:
                 reason=f"missed while no daemon ran; catch_up={schedule.catch_up}",
             )
         self.state.save("schedule", schedule.name, cursor=ticks[-1].isoformat(), last_evaluated_at=now)
+
+    # ------------------------------------------------------------------ automation
+    def _automation(self, now: datetime, report: PassReport) -> None:
+        """Launch what the assets' automation conditions ask for (see ``_automation``)."""
+        from flowstone.schedules._automation import AutomationEvaluator
+
+        if self._evaluator is None:
+            self._evaluator = AutomationEvaluator(self.app)
+        for request in self._evaluator.evaluate(now):
+            tick_id = self.state.claim_tick(
+                "automation",
+                request.name,
+                request.key,
+                now,
+                daemon_id=self.id,
+                partitions=list(request.partitions),
+            )
+            if tick_id is None:
+                continue
+            self._fire(
+                "automation", request.name, tick_id, request.selection, list(request.partitions), report
+            )
 
     # ------------------------------------------------------------------ sensors
     def _sensor(self, sensor: SensorDefinition, now: datetime, report: PassReport) -> None:
