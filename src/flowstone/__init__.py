@@ -106,6 +106,7 @@ from flowstone.partitions import (
     WeeklyPartitions,
 )
 from flowstone.resources import ConfigurableResource, EnvVar, Health, HttpClient, Resource, SQLDatabase
+from flowstone.schedules._definitions import RunRequest, SensorResult
 from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics
 
 __version__ = "0.1.0"
@@ -171,9 +172,11 @@ __all__ = [
     "RetryPolicy",
     "Rollup",
     "RunRecord",
+    "RunRequest",
     "RunResult",
     "RunStatus",
     "SQLDatabase",
+    "SensorResult",
     "StaticMapping",
     "StaticPartitions",
     "StepRecord",
