@@ -29,8 +29,16 @@ if TYPE_CHECKING:
 )
 @click.option("--queues", help="Only take steps of these queues, comma-separated (default: all).")
 @click.option("--name", help="How this worker is named in logs and claims (default: host:pid).")
+@click.option(
+    "--isolate",
+    is_flag=True,
+    help="Run each step in a process of its own: a step whose run is cancelled, or that "
+    "overruns its timeout, is terminated (not just asked to stop).",
+)
 @click.pass_obj
-def worker(state: _State, concurrency: int | None, queues: str | None, name: str | None) -> None:
+def worker(
+    state: _State, concurrency: int | None, queues: str | None, name: str | None, isolate: bool
+) -> None:
     """Run queue steps of the configured pipeline until interrupted (Ctrl-C or SIGTERM: running
     steps finish first). Start as many as you like, on any host that reaches the store."""
     import logging
@@ -46,7 +54,7 @@ def worker(state: _State, concurrency: int | None, queues: str | None, name: str
         logging.getLogger("procrastinate").setLevel(logging.DEBUG if state.verbose else logging.WARNING)
         app = state.app()
         chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        runner = Worker(app, concurrency=concurrency, queues=chosen, name=name)
+        runner = Worker(app, concurrency=concurrency, queues=chosen, name=name, isolate=isolate)
         click.echo(
             f"worker {runner.name}: pipeline '{app.pipeline.name}', concurrency {runner.concurrency}, "
             f"queues {', '.join(chosen) if chosen else 'all'}",

@@ -69,6 +69,8 @@ class QueueConfig:
             "reap_every",
             "retention",
             "backoff",
+            "not_ready_every",
+            "not_ready_for",
         }
         unknown = sorted(set(table) - known)
         if unknown:
@@ -85,7 +87,14 @@ class QueueConfig:
                 if not isinstance(raw, Mapping):
                     raise ConfigurationError(f"[queue.{key}] must be a table of name = limit")
                 values[key] = {str(k): _positive(v, f"queue.{key}.{k}") for k, v in raw.items()}
-        for key in ("stalled_after", "reap_every", "retention", "backoff"):
+        for key in (
+            "stalled_after",
+            "reap_every",
+            "retention",
+            "backoff",
+            "not_ready_every",
+            "not_ready_for",
+        ):
             if key in table:
                 try:
                     values[key] = parse_duration(table[key])

@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -95,6 +95,8 @@ class _ToEnqueue:
     priority: int
     queue: str
     delay: float = 0.0
+    # The code version the run was submitted with (None: the caller's ``codes`` decide).
+    code: str | None = None
 
 
 @dataclass
@@ -293,6 +295,8 @@ class QueueDB:
                     "existing": [
                         [a, k, plan.existing[(a, k)]] for a, k in s.inputs if (a, k) in plan.existing
                     ],
+                    # Its downstream steps are deferred later by workers: they carry this.
+                    "code": self._codes.get(s.asset, ""),
                 }
                 rows.append(
                     (
@@ -392,23 +396,49 @@ class QueueDB:
         # Coalesce: a queued (not yet started) step of another run for the same partition will
         # produce what this one would; the lock keeps it from starting while we join it.
         cur.execute(
-            "SELECT x.n, s.id FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
+            "SELECT x.n, s.id, s.job_id FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
             " AS x(run_id, asset, pkey, n)"
-            " JOIN LATERAL (SELECT id FROM flowstone_run_steps s WHERE s.tenant_id = %s"
+            " JOIN LATERAL (SELECT id, job_id FROM flowstone_run_steps s WHERE s.tenant_id = %s"
             " AND s.asset = x.asset AND s.partition_key = x.pkey AND s.status = 'queued'"
             " AND s.coalesced_into IS NULL AND s.run_id <> x.run_id AND s.job_id IS NOT NULL"
             " ORDER BY s.id LIMIT 1 FOR UPDATE) s ON true",
             ([i.run_id for i in items], [i.asset for i in items], [i.partition_key for i in items], tenant),
         )
-        leaders = {int(n) - 1: sid for n, sid in cur.fetchall()}
+        found = cur.fetchall()
+        leaders = {int(n) - 1: sid for n, sid, _job in found}
         if leaders:
             cur.executemany(
                 "UPDATE flowstone_run_steps SET status = 'queued', attempt = 1, coalesced_into = %s"
                 " WHERE id = %s",
                 [(leader, items[i].step_id) for i, leader in leaders.items()],
             )
-        todo = [item for i, item in enumerate(items) if i not in leaders]
-        self._defer(cur, tenant, todo, codes)
+            # The shared step goes at the higher of the runs' priorities: an interactive run
+            # that joins a backfill's step does not wait behind the rest of the backfill.
+            cur.executemany(
+                "UPDATE procrastinate_jobs SET priority = %s WHERE id = %s AND status = 'todo'"
+                " AND priority < %s",
+                [(items[int(n) - 1].priority, job, items[int(n) - 1].priority) for n, _sid, job in found],
+            )
+        # Steps of several runs for one partition made ready together (a shared step's
+        # downstream in each run): the first gets the job, at their highest priority, and the
+        # others join it.
+        firsts: dict[tuple[str, str], _ToEnqueue] = {}
+        joined: list[tuple[str, str]] = []
+        for i, item in enumerate(items):
+            if i in leaders:
+                continue
+            first = firsts.setdefault((item.asset, item.partition_key), item)
+            if first is not item:
+                joined.append((first.step_id, item.step_id))
+                if item.priority > first.priority:
+                    firsts[(item.asset, item.partition_key)] = replace(first, priority=item.priority)
+        self._defer(cur, tenant, list(firsts.values()), codes)
+        if joined:
+            cur.executemany(
+                "UPDATE flowstone_run_steps SET status = 'queued', attempt = 1, coalesced_into = %s"
+                " WHERE id = %s",
+                joined,
+            )
 
     def _defer(self, cur: Any, tenant: str, items: Sequence[_ToEnqueue], codes: Mapping[str, str]) -> None:
         if not items:
@@ -416,7 +446,12 @@ class QueueDB:
         now = utcnow()
         args = [
             JobArgs(
-                tenant, i.run_id, i.asset, _out(i.partition_key), i.attempt, codes.get(i.asset, "")
+                tenant,
+                i.run_id,
+                i.asset,
+                _out(i.partition_key),
+                i.attempt,
+                i.code if i.code is not None else codes.get(i.asset, ""),
             ).to_json()
             for i in items
         ]
@@ -464,6 +499,7 @@ class QueueDB:
             now = utcnow()
             if cancel:
                 self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
+                self._unjoin([step_id], cur, args.tenant)
                 self._count_down(cur, args.tenant, {args.run: 1}, now)
                 return None
             queue = self._queue_of(args.asset)
@@ -566,10 +602,11 @@ class QueueDB:
         """Hand the step to a new job ``delay`` seconds from now (same attempt unless given)."""
 
         def work(cur: Any) -> bool:
+            # Only a step still waiting for this job: one cancelled meanwhile stays cancelled.
             cur.execute(
                 "SELECT s.id, r.priority FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
                 " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s AND s.job_id = %s"
-                " FOR UPDATE OF s",
+                " AND s.status IN ('queued', 'retrying') FOR UPDATE OF s",
                 (args.run, args.asset, _key(args.partition), job_id),
             )
             row = cur.fetchone()
@@ -646,10 +683,29 @@ class QueueDB:
                 )
                 self._defer(cur, args.tenant, [item], {args.asset: args.code})
                 return True
-            if outcome.retry_delay is not None:  # cancelled while it would have retried
-                self._skip(
-                    cur, args.tenant, [claimed.step_id], "cancelled while waiting to retry", "cancelled", now
+            if cancel and not outcome.success:
+                # Stopped (or failed) after its run was cancelled: the step ends cancelled, like
+                # the run's steps that had not started, and the runs that joined it go on alone.
+                retrying = outcome.retry_delay is not None
+                reason = "cancelled while waiting to retry" if retrying else "cancelled while running"
+                cur.execute(
+                    "UPDATE flowstone_run_steps SET status = 'skipped', reason = %s,"
+                    " error_type = 'cancelled', finished_at = %s WHERE id = %s",
+                    (reason, now, claimed.step_id),
                 )
+                self._event(
+                    cur,
+                    args.tenant,
+                    "step.skipped",
+                    args.run,
+                    args.asset,
+                    args.partition,
+                    {"reason": reason},
+                    now,
+                )
+                self._unjoin([claimed.step_id], cur, args.tenant)
+                self._count_down(cur, args.tenant, {args.run: 1}, now)
+                return True
             self._settled(
                 cur,
                 args.tenant,
@@ -739,7 +795,7 @@ class QueueDB:
             "UPDATE flowstone_run_steps s SET waiting = s.waiting - d.n FROM (SELECT step_id, count(*) AS n"
             " FROM flowstone_run_step_deps WHERE upstream_step_id = ANY(%s) GROUP BY step_id) d"
             " WHERE s.id = d.step_id RETURNING s.id, s.run_id, s.asset, s.partition_key, s.waiting,"
-            " s.status",
+            " s.status, s.spec->>'code'",
             (done,),
         )
         ready = [r for r in cur.fetchall() if r[4] <= 0 and r[5] == _PENDING]
@@ -758,7 +814,7 @@ class QueueDB:
             for r in cancelled:
                 counts[r[1]] = counts.get(r[1], 0) + 1
         items = [
-            _ToEnqueue(r[0], r[1], r[2], r[3], 1, runs[r[1]][1], self._queue_of(r[2]))
+            _ToEnqueue(r[0], r[1], r[2], r[3], 1, runs[r[1]][1], self._queue_of(r[2]), code=r[6])
             for r in ready
             if not runs[r[1]][0]
         ]
@@ -777,6 +833,31 @@ class QueueDB:
         for _sid, run_id, asset, key in rows:
             self._event(cur, tenant, "step.skipped", run_id, asset, key, {"reason": reason}, now)
         return rows
+
+    def _unjoin(self, step_ids: Sequence[str], cur: Any, tenant: str) -> None:
+        """Steps of other runs that joined these (cancelled) steps run on their own again: a
+        run's cancel never ends the runs that shared its steps."""
+        if not step_ids:
+            return
+        cur.execute(
+            "SELECT s.id, s.run_id, s.asset, s.partition_key, r.priority, s.spec->>'code'"
+            " FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
+            " WHERE s.coalesced_into = ANY(%s) AND s.status = 'queued' ORDER BY s.id FOR UPDATE OF s",
+            (list(step_ids),),
+        )
+        orphans = cur.fetchall()
+        if not orphans:
+            return
+        cur.execute(
+            "UPDATE flowstone_run_steps SET coalesced_into = NULL WHERE id = ANY(%s)",
+            ([o[0] for o in orphans],),
+        )
+        self._enqueue(
+            cur,
+            tenant,
+            [_ToEnqueue(o[0], o[1], o[2], o[3], 1, o[4], self._queue_of(o[2]), code=o[5]) for o in orphans],
+            self._codes,
+        )
 
     def _skip_downstream(
         self, cur: Any, tenant: str, failed: list[str], error: FlowStoneError, now: datetime
@@ -913,25 +994,7 @@ class QueueDB:
             skipped = self._skip(
                 cur, tenant, [r[0] for r in waiting], "cancelled before it started", "cancelled", now
             )
-            # Steps of other runs that joined a cancelled step run on their own again.
-            cur.execute(
-                "SELECT s.id, s.run_id, s.asset, s.partition_key, r.priority FROM flowstone_run_steps s"
-                " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.coalesced_into = ANY(%s)"
-                " AND s.status = 'queued' ORDER BY s.id FOR UPDATE OF s",
-                ([r[0] for r in skipped],),
-            )
-            orphans = cur.fetchall()
-            if orphans:
-                cur.execute(
-                    "UPDATE flowstone_run_steps SET coalesced_into = NULL WHERE id = ANY(%s)",
-                    ([o[0] for o in orphans],),
-                )
-                self._enqueue(
-                    cur,
-                    tenant,
-                    [_ToEnqueue(o[0], o[1], o[2], o[3], 1, o[4], self._queue_of(o[2])) for o in orphans],
-                    self._codes,
-                )
+            self._unjoin([r[0] for r in skipped], cur, tenant)
             if skipped:
                 self._count_down(cur, tenant, {run_id: len(skipped)}, now)
 
@@ -967,12 +1030,13 @@ class QueueDB:
                 cur.execute(
                     "SELECT s.id, s.status, r.priority, r.cancel_requested FROM flowstone_run_steps s"
                     " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.run_id = %s AND s.asset = %s"
-                    " AND s.partition_key = %s AND s.job_id = %s FOR UPDATE OF s",
+                    " AND s.partition_key = %s AND s.job_id = %s"
+                    " AND s.status IN ('queued', 'retrying', 'running') FOR UPDATE OF s",
                     (args.run, args.asset, _key(args.partition), job_id),
                 )
                 row = cur.fetchone()
                 if row is None:
-                    continue  # the job had already recorded its outcome
+                    continue  # the job had already recorded its outcome (or its run's cancel did)
                 step_id, status, priority, cancel = row
                 cur.execute(
                     "DELETE FROM flowstone_step_claims WHERE tenant_id = %s AND asset = %s"
@@ -998,6 +1062,7 @@ class QueueDB:
                 if cancel:
                     cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (step_id,))
                     self._skip(cur, args.tenant, [step_id], "cancelled", "cancelled", now)
+                    self._unjoin([step_id], cur, args.tenant)
                     self._count_down(cur, args.tenant, {args.run: 1}, now)
                     continue
                 if worker_lost and args.attempt >= max_attempts(args.asset):

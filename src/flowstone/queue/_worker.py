@@ -19,21 +19,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flowstone._context import Context
-from flowstone._errors import DependencyNotReady, FlowStoneError, ValidationError
+from flowstone._errors import DependencyNotReady, ExecutionError, FlowStoneError, ValidationError
 from flowstone._events import STEP_FAILED, STEP_RETRYING, STEP_SUCCEEDED, Event
 from flowstone._ids import new_id
 from flowstone._retry import next_delay
-from flowstone.engine._runner import RunEnv, _compute, _Computed, _StepIO, build_materialization
+from flowstone.engine._planner import InputGroup, PlannedStep, mapping_for
+from flowstone.engine._process import ProcessStepExecutor
+from flowstone.engine._runner import (
+    RunEnv,
+    _compute,
+    _compute_isolated,
+    _Computed,
+    _Isolated,
+    _StepIO,
+    build_materialization,
+)
 from flowstone.io._base import UpstreamVersion
 from flowstone.queue._code import code_versions
 from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
@@ -88,6 +99,7 @@ class Worker:
         queues: Iterable[str] | None = None,
         config: QueueConfig | None = None,
         name: str | None = None,
+        isolate: bool = False,
     ) -> None:
         self.app = app
         self.config = config or app.queue_config
@@ -102,6 +114,10 @@ class Worker:
 
         self.resources = RunResources(app.resources, events=app.events, clock=app.clock.monotonic)
         self._running = _Running()
+        # isolate: each step in a forked process (a cancelled or timed-out step is terminated).
+        self._processes: ProcessStepExecutor | None = (
+            ProcessStepExecutor(self.concurrency) if isolate else None
+        )
         self._stop = threading.Event()
         self._procrastinate: Any = None
         self._worker_task: asyncio.Task[Any] | None = None
@@ -136,6 +152,8 @@ class Worker:
         finally:
             self._stop.set()
             keeper.join(timeout=10)
+            if self._processes is not None:
+                self._processes.shutdown()
             self.resources.teardown()
             for manager in self.app.io_managers.values():
                 close = getattr(manager, "close", None)
@@ -187,6 +205,12 @@ class Worker:
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 3600
                     self.db.prune_jobs(older_than=self.config.retention)
+                    self.app.prune_events()
+                if self.app.pipeline.checkpoints:
+                    # Checkpoint timeouts: decisions are conditional updates, so several
+                    # workers (and daemons) doing this at once decide each request once.
+                    for approval_id, what in self.app.approvals.process_timeouts():
+                        _log.warning("approval %s timed out: %s", approval_id[:12], what)
             except Exception:
                 _log.exception("housekeeping failed; trying again")
 
@@ -203,7 +227,19 @@ class Worker:
             return
         contexts = self._running.add(job_id, should_abort or (lambda: False))
         try:
-            self._run_claimed(claimed, contexts)
+            self._run_claimed(claimed, contexts, should_abort)
+        except BaseException as exc:  # SystemExit from an asset, a bug here: not a stuck step
+            _log.exception("step '%s' [%s] of run %s crashed", args.asset, args.partition, args.run)
+            crashed = ExecutionError(
+                f"running asset '{args.asset}' raised {type(exc).__name__}: {exc}",
+                context={"asset": args.asset, "partition": args.partition, "worker": self.name},
+            )
+            # Recorded unless the outcome was recorded already (then finish refuses: the step
+            # is no longer running) or the store is unreachable (then the reaper hands it on).
+            with contextlib.suppress(Exception):
+                self._record_failure_without_asset(claimed, crashed)
+            if not isinstance(exc, (Exception, SystemExit)):
+                raise
         finally:
             self._running.remove(job_id)
 
@@ -221,7 +257,43 @@ class Worker:
             on_context=contexts.append,
         )
 
-    def _run_claimed(self, claimed: Claimed, contexts: list[Context]) -> None:
+    def _compute(
+        self,
+        env: RunEnv,
+        claimed: Claimed,
+        step_io: _StepIO,
+        should_abort: Callable[[], bool] | None,
+    ) -> _Computed:
+        """Compute the step on this thread, or (``isolate``) in a forked process that is
+        terminated when its run is cancelled or it overruns its timeout."""
+        if self._processes is None:
+            return _compute(env, claimed.step, claimed.args.run, step_io)
+        args = claimed.args
+        label = f"'{args.asset}'" + (f" [{args.partition}]" if args.partition is not None else "")
+        task = functools.partial(_compute_isolated, env, claimed.step, args.run, step_io)
+        future = self._processes.submit(
+            task,
+            timeout=self.app.pipeline.assets[args.asset].timeout,
+            label=label,
+            stop_requested=should_abort,
+        )
+        outcome = future.result()
+        inner = getattr(outcome, "result", outcome)
+        if isinstance(inner, _Isolated):
+            for event in inner.events:
+                self.app.events.emit(event)
+            return inner.computed
+        error = inner if isinstance(inner, FlowStoneError) else ExecutionError(f"step failed: {inner!r}")
+        error.context.setdefault("asset", args.asset)
+        error.context.setdefault("partition", args.partition)
+        trace = error.context.pop("traceback", None)
+        return _Computed(
+            claimed.started_at, 0.0, error=error, traceback=trace if isinstance(trace, str) else None
+        )
+
+    def _run_claimed(
+        self, claimed: Claimed, contexts: list[Context], should_abort: Callable[[], bool] | None = None
+    ) -> None:
         args = claimed.args
         env = self._env(args.tenant, contexts)
         key = (args.asset, args.partition)
@@ -250,6 +322,8 @@ class Worker:
                 return
         else:
             blocked = claimed.step.blocked
+            if blocked is not None and blocked[0] == "wait":
+                blocked = self._look_again(claimed)
             if blocked is not None:
                 computed = _Computed(
                     utcnow(),
@@ -265,7 +339,7 @@ class Worker:
                     UpstreamVersion(a, k, *claimed.upstream.get((a, k), (None, None)))
                     for a, k in claimed.step.inputs
                 )
-                computed = _compute(env, claimed.step, args.run, _StepIO(mat_id, upstream))
+                computed = self._compute(env, claimed, _StepIO(mat_id, upstream), should_abort)
         rows = StepRows("postgresql")
         error = computed.error
         if error is None:
@@ -359,6 +433,41 @@ class Worker:
                 args.partition,
                 args.run,
             )
+
+    def _look_again(self, claimed: Claimed) -> tuple[str, str] | None:
+        """A step waiting for upstream partitions that did not exist when its run was planned
+        (``In(missing="wait")``): are they declared and materialized now? Then the step reads
+        them (``claimed`` is updated) and None is returned; else why it still waits."""
+        app = self.app
+        step = claimed.step
+        resolve = app.resolver()  # the dynamic partitions as they are now
+        groups: list[InputGroup] = []
+        for group in step.groups:
+            if not group.missing or group.policy != "wait":
+                groups.append(group)
+                continue
+            mapping, _spec = mapping_for(app.pipeline, step.asset, group.asset, resolve)
+            up = resolve(group.asset)
+            mapped = mapping.upstream_keys(resolve(step.asset), step.partition_key, up)
+            absent = [str(k) for k in mapped.keys if up is not None and (k is None or k not in up)]
+            missing = tuple(mapped.missing) + tuple(absent)
+            groups.append(InputGroup(group.asset, tuple(mapped.keys), group.many, missing, group.policy))
+        looked = PlannedStep(step.asset, step.partition_key, tuple(groups))
+        if looked.blocked is not None:
+            return looked.blocked
+        new = [pair for pair in looked.inputs if pair not in claimed.upstream]
+        found = app.store.latest_success(tenant=claimed.args.tenant, pairs=new, last_succeeded=True)
+        unbuilt = [pair for pair in new if pair not in found]
+        if unbuilt:
+            return (
+                "wait",
+                f"upstream '{unbuilt[0][0]}' has no materialization of partition {unbuilt[0][1]} yet",
+            )
+        versions = app.store.data_versions(tenant=claimed.args.tenant, materialization_ids=found.values())
+        for pair, mat_id in found.items():
+            claimed.upstream[pair] = (mat_id, versions.get(mat_id))
+        claimed.step = looked
+        return None
 
     def _may_wait(self, claimed: Claimed) -> bool:
         return (utcnow() - claimed.run_created_at).total_seconds() < self.config.not_ready_for
