@@ -277,22 +277,75 @@ class FlowStone:
 
     def resume_run(self, run_id: str, *, parallel: int = 1, executor: str | None = None) -> RunResult:
         """Run what a paused run (``waiting_approval``) can run now that a gate was decided:
-        its pending steps, in the same run."""
+        its pending steps whose gates are decided, in the same run. Decisions made while it runs
+        are picked up before it pauses again. When another process is resuming the run already,
+        this returns its current state."""
+        from flowstone._records import RunStatus
+
+        for _ in range(1000):  # each pass runs at least one step
+            prepared = self._resume_plan(run_id)
+            if prepared is None:
+                self.store.settle_paused_run(tenant=self.tenant, run_id=run_id)
+                break
+            plan, pending = prepared
+            if not self.store.reopen_run(tenant=self.tenant, run_id=run_id):
+                break  # someone else resumes it (or it is not paused)
+            result = self._execute_resumed(run_id, plan, pending, parallel=parallel, executor=executor)
+            if result.status is not RunStatus.WAITING_APPROVAL:
+                return result
+        return self.run_result(run_id)
+
+    def _resume_plan(self, run_id: str) -> tuple[Plan, dict[tuple[str, str | None], str]] | None:
+        """The plan of a paused run's steps that can run now, or None when there are none."""
         import dataclasses
 
         from flowstone._records import StepStatus
-        from flowstone.engine._runner import RunEnv, execute_plan
-        from flowstone.resources._runtime import RunResources
 
         found = self.run(run_id)
         if found is None:
             raise ValidationError(f"no run {run_id!r}", context={"run_id": run_id})
         record, steps = found
-        pending = {(s.asset, s.partition_key): s.id for s in steps if s.status is StepStatus.PENDING}
+        # A pending step runs now unless an upstream step of this run still waits for a decision
+        # (or is itself held back by one): a gate's downstream waits for that gate, not for others.
+        # Steps are stored in plan (dependency) order, so one pass sees every upstream first.
+        status = {(s.asset, s.partition_key): s.status for s in steps}
+        held: set[tuple[str, str | None]] = set()
+        pending: dict[tuple[str, str | None], str] = {}
+        for step in sorted(steps, key=lambda s: s.position):
+            key = (step.asset, step.partition_key)
+            upstream = [(asset, part or None) for asset, part in step.upstream or []]
+            if any(status.get(u) is StepStatus.WAITING_APPROVAL or u in held for u in upstream):
+                held.add(key)
+            elif step.status is StepStatus.PENDING:
+                pending[key] = step.id
+        if not pending:
+            return None
         selected = set(record.selection)
         keys = sorted({s.partition_key for s in steps if s.asset in selected and s.partition_key is not None})
-        plan = self.plan(record.selection, partitions=keys or None, force=False)
-        plan = dataclasses.replace(plan, steps=[s for s in plan.steps if s.key in pending])
+        # force: a selected step left pending runs even when an older run materialized it (the
+        # planner would call it up to date and leave it pending for ever).
+        plan = self.plan(record.selection, partitions=keys or None, force=True)
+        runnable = [s for s in plan.steps if s.key in pending]
+        if not runnable:
+            return None
+        # The inputs not run now (the decided gate, steps done before the pause): their latest
+        # materializations, for lineage and data versions.
+        done_inputs = sorted({i for s in runnable for i in s.inputs if i not in pending}, key=str)
+        existing = self.store.latest_success(tenant=self.tenant, pairs=done_inputs)
+        return dataclasses.replace(plan, steps=runnable, existing=existing), pending
+
+    def _execute_resumed(
+        self,
+        run_id: str,
+        plan: Plan,
+        pending: Mapping[tuple[str, str | None], str],
+        *,
+        parallel: int,
+        executor: str | None,
+    ) -> RunResult:
+        from flowstone.engine._runner import RunEnv, execute_plan
+        from flowstone.resources._runtime import RunResources
+
         resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
         env = RunEnv(
             self.pipeline,
@@ -312,7 +365,7 @@ class FlowStone:
                 parallel=parallel,
                 actor="system:resume",
                 executor=executor,
-                resume=(record.id, pending),
+                resume=(run_id, pending),
             )
         finally:
             resources.teardown()

@@ -137,6 +137,11 @@ def _decide(
     from flowstone.cli import _console, _errors, _split_keys
 
     with _errors(state):
+        if approval_id is not None and (checkpoint or partition_list or run_id):
+            raise ValidationError(
+                f"give an approval id, or --checkpoint (with --partitions/--run) to {action} in bulk; "
+                "not both"
+            )
         app = state.app()
         out = _console()
         if approval_id is None:
@@ -152,7 +157,8 @@ def _decide(
                 by=_actor(by),
                 reason=reason,
             )
-            out.print(f"{len(decided)} request(s) of '{checkpoint}' {action}d", markup=False)
+            done = {"approve": "approved", "reject": "rejected"}[action]
+            out.print(f"{len(decided)} request(s) of '{checkpoint}' {done}", markup=False)
             return
         if action == "approve":
             record = app.approvals.approve(approval_id, by=_actor(by), reason=reason)

@@ -29,10 +29,10 @@ from flowstone._events import Event
 from flowstone._ids import new_id
 from flowstone._records import Materialization, RunStatus, StepStatus
 from flowstone.checkpoints._definition import Extend
-from flowstone.checkpoints._state import Action, ApprovalStatus
+from flowstone.checkpoints._state import Action, ApprovalStatus, IllegalTransition
 from flowstone.checkpoints._store import ApprovalRecord, ApprovalStore
 from flowstone.store import _tables as t
-from flowstone.store._store import HOST, _key_in, utcnow
+from flowstone.store._store import HOST, _key_in, _utc, utcnow
 from flowstone.store._writer import StepOutcome, StepRows
 
 if TYPE_CHECKING:
@@ -66,6 +66,11 @@ class LogNotifier:
             to,
             approval.message or "",
         )
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _notify(notifier: Any, event: str, approval: ApprovalRecord, targets: Sequence[str] = ()) -> None:
@@ -121,6 +126,7 @@ def open_request(
         timeout_at=now + timedelta(seconds=spec.timeout) if spec.timeout is not None else None,
         approval_type=spec.approval_type,
         conn=conn,
+        now=now,
     )
     _notify(getattr(env, "notifier", None), "requested", record)
     return record
@@ -166,18 +172,27 @@ class Approvals:
 
     def history(self, checkpoint: str, *, partition: str | None = None) -> list[dict[str, Any]]:
         """Who decided what about ``checkpoint`` (oldest first): the audit rows of its requests."""
-        self.app.pipeline.get(checkpoint)
+        self._checkpoint(checkpoint)
         ids = {
             r.id: r
-            for r in self.find(
-                checkpoint=checkpoint, partitions=[partition] if partition is not None else None
+            for r in self.store.find(
+                tenant=self.app.tenant,
+                checkpoint=checkpoint,
+                partitions=[partition] if partition is not None else None,
+                limit=1_000_000,
             )
         }
-        rows = [
-            a
-            for a in self.app.store.list_audit(tenant=self.app.tenant, limit=1_000_000)
-            if a["resource_type"] == "checkpoint" and a["resource_id"] in ids
-        ]
+        a = t.audit_log.c
+        rows: list[dict[str, Any]] = []
+        with self.app.store.engine.connect() as conn:
+            for chunk in _chunks(sorted(ids)):
+                query = sa.select(t.audit_log).where(
+                    a.tenant_id == self.app.tenant,
+                    a.resource_type == "checkpoint",
+                    a.resource_id.in_(chunk),
+                )
+                rows.extend({**r._asdict(), "at": _utc(r.at)} for r in conn.execute(query))
+        rows.sort(key=lambda row: row["id"])
         for row in rows:
             request = ids[row["resource_id"]]
             row["partition"] = request.partition_key
@@ -220,22 +235,41 @@ class Approvals:
         requests, some partitions); runs resume once, after all decisions."""
         if action not in ("approve", "reject"):
             raise ValidationError(f"bulk action must be approve or reject, got {action!r}")
+        if action == "reject" and (not reason or not str(reason).strip()):
+            raise ValidationError("a rejection needs a reason (--reason)", context={"checkpoint": checkpoint})
+        self._checkpoint(checkpoint)
         chosen = self.store.find(
             tenant=self.app.tenant,
             statuses=["pending", "escalated"],
             checkpoint=checkpoint,
             partitions=partitions,
             run_id=run_id,
+            limit=1_000_000,  # a backfill's requests: all of them, not the first page
         )
-        decided = []
-        for request in chosen:
-            if action == "approve":
-                decided.append(self.approve(request.id, by=by, reason=reason, resume=False))
-            else:
-                decided.append(self.reject(request.id, by=by, reason=reason or ""))
-        for run in sorted({r.run_id for r in decided}):
-            self._resume(run)
+        decided: list[ApprovalRecord] = []
+        try:
+            for request in chosen:
+                try:
+                    if action == "approve":
+                        decided.append(self.approve(request.id, by=by, reason=reason, resume=False))
+                    else:
+                        decided.append(self.reject(request.id, by=by, reason=reason or ""))
+                except IllegalTransition as exc:  # decided meanwhile by someone else: theirs stands
+                    _log.info("bulk %s skipped approval %s: %s", action, request.id, exc.message)
+        finally:  # the runs of what was approved resume even when a later decision failed
+            for run in sorted({r.run_id for r in decided if r.status is ApprovalStatus.APPROVED}):
+                self._resume(run)
         return decided
+
+    def _checkpoint(self, name: str) -> AssetDefinition[..., Any]:
+        definition = self.app.pipeline.get(name)  # unknown names raise AssetNotFound with hints
+        if definition.checkpoint is None:
+            raise ValidationError(
+                f"'{name}' is an asset, not a checkpoint "
+                f"(checkpoints: {sorted(self.app.pipeline.checkpoints)})",
+                context={"checkpoint": name},
+            )
+        return definition
 
     def _definition(self, record: ApprovalRecord) -> AssetDefinition[..., Any]:
         definition = self.app.pipeline.assets.get(record.checkpoint)
@@ -258,8 +292,8 @@ class Approvals:
         spec = definition.checkpoint
         assert spec is not None
         expected = spec.value_type
-        if isinstance(expected, type) and expected in (dict, list, str, int, float, bool):
-            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is not None:
+            ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True
             if not ok:
@@ -288,11 +322,10 @@ class Approvals:
         stored = None
         if action is Action.MODIFY:
             self._check_modification(definition, value)
-            # Record after store: the reviewer's value is written before anything says so.
-            mat_id = new_id()
-            stored = self._store_value(definition, record, value, mat_id)
         approval_context = record.context
         with app.store.engine.begin() as conn:
+            # The conditional UPDATE first: of two reviewers deciding at once only the winner goes
+            # on (a losing modify must not overwrite the value the winner approved).
             _before, after = self.store.transition(
                 conn,
                 tenant=app.tenant,
@@ -301,7 +334,13 @@ class Approvals:
                 actor=by,
                 reason=reason,
                 modifications=value if action is Action.MODIFY else None,
+                now=app.clock.now(),
             )
+            if action is Action.MODIFY:
+                # Record after store: the reviewer's value is written before the commit that says
+                # so (a failing store rolls the decision back; the request stays open).
+                mat_id = new_id()
+                stored = self._store_value(definition, record, value, mat_id)
             mat = self._materialization(definition, record, approval_context, mat_id, stored, action, by)
             lineage = [tuple(link) for link in approval_context.get("lineage", [])]
             event = Event(
@@ -339,7 +378,13 @@ class Approvals:
         app = self.app
         with app.store.engine.begin() as conn:
             _before, after = self.store.transition(
-                conn, tenant=app.tenant, approval_id=record.id, action=action, actor=by, reason=reason
+                conn,
+                tenant=app.tenant,
+                approval_id=record.id,
+                action=action,
+                actor=by,
+                reason=reason,
+                now=app.clock.now(),
             )
             what = "rejected" if action is Action.REJECT else "not decided in time (expired)"
             error = CheckpointRejected(
@@ -375,6 +420,32 @@ class Approvals:
                 hook(record)
         except Exception:  # the decision stands; the hook's failure is logged
             _log.exception("checkpoint '%s': its %s hook failed", record.checkpoint, record.status.value)
+
+    def _timeout_event(self, record: ApprovalRecord, *, extended_until: datetime | None) -> Event:
+        """checkpoint.timed_out of a request given more time (on_timeout=extend(...))."""
+        return Event(
+            "checkpoint.timed_out",
+            utcnow(),
+            record.run_id,
+            record.checkpoint,
+            record.partition_key,
+            {
+                "approval_id": record.id,
+                "status": record.status.value,
+                "extended_until": extended_until.isoformat() if extended_until else None,
+            },
+        )
+
+    @staticmethod
+    def _event_row(event: Event) -> dict[str, Any]:
+        return {
+            "type": event.type,
+            "run_id": event.run_id,
+            "asset": event.asset,
+            "partition_key": event.partition_key,
+            "at": event.at,
+            "data": event.data,
+        }
 
     def _decision_event(self, record: ApprovalRecord) -> Event:
         kind = {
@@ -643,10 +714,12 @@ class Approvals:
             _notify(app.notifier, "timed_out", after)
             return "expired"
         if policy == "auto_approve":
-            self.approve(record.id, by=by, reason="approved automatically on timeout")
+            after = self.approve(record.id, by=by, reason="approved automatically on timeout")
+            _notify(app.notifier, "timed_out", after)
             return "auto_approved"
         if policy == "auto_reject":
-            self.reject(record.id, by=by, reason="rejected automatically on timeout")
+            after = self.reject(record.id, by=by, reason="rejected automatically on timeout")
+            _notify(app.notifier, "timed_out", after)
             return "auto_rejected"
         if isinstance(policy, Extend):
             if record.context.get("extended"):
@@ -664,7 +737,11 @@ class Approvals:
                     actor=by,
                     timeout_at=now + timedelta(seconds=policy.seconds),
                     context={"extended": True},
+                    now=now,
                 )
+                event = self._timeout_event(after, extended_until=after.timeout_at)
+                app.store._events(conn, app.tenant, [self._event_row(event)])
+            app.events.emit(event)
             _notify(app.notifier, "timed_out", after)
             return "extended"
         # escalate
@@ -678,6 +755,7 @@ class Approvals:
                 actor=by,
                 timeout_at=now + timedelta(seconds=timeout) if timeout else None,
                 escalated_to=names,
+                now=now,
             )
             app.store._events(
                 conn,

@@ -20,6 +20,7 @@ when it has several) — or, after ``modify``, the reviewer's value::
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -90,8 +91,9 @@ class CheckpointSpec:
     on_approve: Callable[..., Any] | None = None
     on_modify: Callable[..., Any] | None = None
     on_reject: Callable[..., Any] | None = None
-    # The annotation of the value under review, to check a reviewer's modification against.
-    value_type: Any = None
+    # The type of the value under review (dict/list/str/int/float/bool, from the annotation of
+    # the single upstream parameter), to check a reviewer's modification against; None: unchecked.
+    value_type: type | None = None
     inputs: tuple[str, ...] = field(default=())
 
 
@@ -141,11 +143,7 @@ def build_spec(
         raise fail(f"escalate_to must be names of notification targets, got {escalate_to!r}")
     if not deps:
         raise fail("a checkpoint needs at least one upstream asset to review")
-    value_type = None
-    if len(deps) == 1:
-        annotation = inspect.signature(fn).parameters.get(deps[0])
-        if annotation is not None and annotation.annotation is not inspect.Parameter.empty:
-            value_type = annotation.annotation
+    value_type = _value_type(fn, deps[0]) if len(deps) == 1 else None
     return CheckpointSpec(
         condition=_callable(condition, "condition", fail) or fn,
         message=message,
@@ -160,6 +158,29 @@ def build_spec(
         value_type=value_type,
         inputs=tuple(deps),
     )
+
+
+# The annotations a reviewer's modification is checked against (by name when the annotation is
+# still a string: ``from __future__ import annotations``, or a forward reference).
+CHECKED_TYPES: dict[str, type] = {t.__name__: t for t in (dict, list, str, int, float, bool)}
+
+
+def _value_type(fn: Callable[..., Any], param: str) -> type | None:
+    """The type the gate passes on, from its single upstream parameter's annotation: ``dict``,
+    ``list``, ``str``, ``int``, ``float`` or ``bool`` (``dict[str, Any]`` counts as ``dict``), else
+    None (not checked)."""
+    try:
+        annotation: Any = typing.get_type_hints(fn).get(param, inspect.Parameter.empty)
+    except Exception:  # an unresolvable forward reference: read the annotation's text
+        found = inspect.signature(fn).parameters.get(param)
+        annotation = found.annotation if found is not None else inspect.Parameter.empty
+    if isinstance(annotation, str):
+        name = annotation.split("[", 1)[0].strip().removeprefix("builtins.")
+        return CHECKED_TYPES.get(name)
+    origin = typing.get_origin(annotation) or annotation
+    if isinstance(origin, type) and origin in CHECKED_TYPES.values():
+        return origin
+    return None
 
 
 def passed_value(spec: CheckpointSpec, inputs: Mapping[str, Any]) -> Any:

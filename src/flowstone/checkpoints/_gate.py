@@ -38,6 +38,13 @@ def evaluate_gate(
             original=exc,
         ) from exc
     if not isinstance(needed, bool):
+        # A numpy/pandas comparison (``frame["x"].abs().max() > 0.2``) gives a numpy bool: its
+        # Python value counts.
+        item = getattr(needed, "item", None)
+        if callable(item):
+            with contextlib.suppress(Exception):
+                needed = item()
+    if not isinstance(needed, bool):
         raise ExecutionError(
             f"checkpoint '{asset.name}': its condition must return True (ask) or False (pass), "
             f"got {type(needed).__name__}",

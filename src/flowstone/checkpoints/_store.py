@@ -89,9 +89,11 @@ class ApprovalStore:
         timeout_at: datetime | None,
         approval_type: str = "manual",
         conn: Connection | None = None,
+        now: datetime | None = None,
     ) -> ApprovalRecord:
-        """Open a request (status pending), with its audit row and event."""
-        now = utcnow()
+        """Open a request (status pending), with its audit row and event; ``now`` is the app's
+        clock (the one ``timeout_at`` was computed on)."""
+        now = now or utcnow()
         row = {
             "id": approval_id,
             "tenant_id": tenant,
@@ -156,7 +158,7 @@ class ApprovalStore:
         query = (
             query.where(c.id == approval_id)
             if len(approval_id) == 32
-            else query.where(c.id.startswith(approval_id))
+            else query.where(c.id.startswith(approval_id, autoescape=True))
         )
         if conn is not None:
             rows = conn.execute(query.limit(2)).all()
@@ -221,6 +223,7 @@ class ApprovalStore:
         timeout_at: datetime | None = None,
         escalated_to: Sequence[str] | None = None,
         context: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
     ) -> tuple[ApprovalRecord, ApprovalRecord]:
         """Apply ``action`` inside ``conn``'s transaction; returns (before, after).
 
@@ -234,7 +237,7 @@ class ApprovalStore:
                 context={"approval_id": approval_id},
             )
         target = next_status(before.status, action, approval_id=before.id, by=before.decided_by)
-        now = utcnow()
+        now = now or utcnow()
         values: dict[str, Any] = {"status": target.value, "updated_at": now}
         if action in (Action.APPROVE, Action.MODIFY, Action.REJECT, Action.EXPIRE):
             values.update(decided_by=actor, decided_at=now, reason=reason)

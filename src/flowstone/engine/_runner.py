@@ -564,8 +564,9 @@ class _Run:
 
     def execute(self, *, actor: str, executor_name: str) -> RunResult:
         env = self.env
-        if self.resume is not None:
-            started_at = env.store.reopen_run(tenant=env.tenant, run_id=self.run_id)
+        if self.resume is not None:  # reopened by the caller (FlowStone.resume_run)
+            record = env.store.get_run(tenant=env.tenant, run_id=self.run_id)
+            started_at = (record.started_at or record.created_at) if record else utcnow()
         else:
             started_at = self._create(actor, executor_name)
         return self._execute(started_at)
@@ -619,8 +620,18 @@ class _Run:
             raise
         self.executor.shutdown()
         self.writer.close()
-        failed = any(r.status is not StepStatus.SUCCEEDED for r in self.results.values())
-        waiting = any(r.status is StepStatus.WAITING_APPROVAL for r in self.results.values())
+        statuses = [r.status for r in self.results.values()]
+        if self.resume is not None:
+            # A resumed run ran only some of its steps: the others (gates decided or still
+            # waiting, steps held behind them, steps that failed before the pause) count too.
+            ran = set(self.step_ids.values())
+            statuses += [
+                s.status
+                for s in env.store.run_steps(tenant=env.tenant, run_id=self.run_id)
+                if s.id not in ran
+            ]
+        failed = any(s is not StepStatus.SUCCEEDED for s in statuses)
+        waiting = any(s is StepStatus.WAITING_APPROVAL for s in statuses)
         if self.cancelled and not any(r.status is StepStatus.FAILED for r in self.results.values()):
             status = RunStatus.CANCELLED
         elif waiting:  # its pending steps wait for a decision; approving resumes them

@@ -304,13 +304,18 @@ class Store:
             )
         return now
 
-    def reopen_run(self, *, tenant: str, run_id: str) -> datetime:
-        """A paused run (waiting for an approval) runs again; returns when it first started."""
+    def reopen_run(self, *, tenant: str, run_id: str) -> bool:
+        """A paused run (``waiting_approval``) runs again. Conditional: of two processes
+        resuming it at once only one gets True."""
         now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(
+            reopened = conn.execute(
                 t.runs.update()
-                .where(t.runs.c.id == run_id, t.runs.c.tenant_id == tenant)
+                .where(
+                    t.runs.c.id == run_id,
+                    t.runs.c.tenant_id == tenant,
+                    t.runs.c.status == RunStatus.WAITING_APPROVAL.value,
+                )
                 .values(
                     status=RunStatus.RUNNING.value,
                     finished_at=None,
@@ -319,9 +324,42 @@ class Store:
                     pid=os.getpid(),
                 )
             )
-            started = conn.execute(sa.select(t.runs.c.started_at).where(t.runs.c.id == run_id)).scalar()
+            if reopened.rowcount != 1:
+                return False
             self._events(conn, tenant, [{"type": "run.resumed", "run_id": run_id, "at": now}])
-        return _utc(started) or now
+        return True
+
+    def settle_paused_run(self, *, tenant: str, run_id: str) -> RunStatus | None:
+        """A paused run with no step left to run or to decide ends: failed when any step did not
+        succeed, else succeeded. Returns the new status (None: still paused, or not paused)."""
+        c = t.run_steps.c
+        now = utcnow()
+        with self.engine.begin() as conn:
+            statuses = [s for (s,) in conn.execute(sa.select(c.status).where(c.run_id == run_id))]
+            if any(s in (StepStatus.PENDING.value, StepStatus.WAITING_APPROVAL.value) for s in statuses):
+                return None
+            status = (
+                RunStatus.FAILED
+                if any(s != StepStatus.SUCCEEDED.value for s in statuses)
+                else RunStatus.SUCCEEDED
+            )
+            settled = conn.execute(
+                t.runs.update()
+                .where(
+                    t.runs.c.id == run_id,
+                    t.runs.c.tenant_id == tenant,
+                    t.runs.c.status == RunStatus.WAITING_APPROVAL.value,
+                )
+                .values(status=status.value, finished_at=now)
+            )
+            if settled.rowcount != 1:
+                return None
+            self._events(
+                conn,
+                tenant,
+                [{"type": "run.finished", "run_id": run_id, "at": now, "data": {"status": status.value}}],
+            )
+        return status
 
     def abandon_run(self, *, tenant: str, run_id: str, reason: str) -> None:
         """Mark a run and its unfinished steps abandoned (its process died or was interrupted)."""
