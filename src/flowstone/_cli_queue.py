@@ -132,5 +132,8 @@ def submit_and_follow(app: FlowStone, plan: Plan, *, wait: bool, verbose: bool) 
             where = f"{step.asset} [{step.partition_key}]" if step.partition_key else step.asset
             out.print(f"  ✗ {where}: [{step.error_type}] {step.error_message}", markup=False)
     out.print(f"run {run_id} {_status(record.status.value)}")
+    if record.status.value == "waiting_approval":
+        out.print("decide with `flowstone approvals list` / `approve ID`; workers carry on from there")
+        return
     if record.status.value != "succeeded":
         sys.exit(1)

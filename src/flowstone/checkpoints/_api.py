@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,20 +81,27 @@ def _notify(notifier: Any, event: str, approval: ApprovalRecord, targets: Sequen
         _log.exception("notifier failed on %s of approval %s", event, approval.id)
 
 
-def open_request(
+@dataclass(frozen=True)
+class RequestFields:
+    """What a new approval request holds besides its ids (built where the gate ran)."""
+
+    message: str
+    context: dict[str, Any]
+    timeout_at: datetime | None
+    approval_type: str
+    now: datetime
+
+
+def request_fields(
     env: RunEnv,
     asset: AssetDefinition[..., Any],
     *,
     run_id: str,
-    step_id: str,
     partition_key: str | None,
-    materialization_id: str,
     computed: _Computed,
     lineage: list[list[Any]],
     attempt: int,
-    conn: Connection | None = None,
-) -> ApprovalRecord:
-    """Persist the request of a checkpoint step whose value is stored and waits for a person."""
+) -> RequestFields:
     spec = asset.checkpoint
     assert spec is not None and computed.waiting is not None
     stored = computed.stored
@@ -113,6 +121,38 @@ def open_request(
         "io_manager": env.io_manager_name(asset),
     }
     now = env.clock.now()
+    return RequestFields(
+        message=str(computed.waiting.get("message") or ""),
+        context=context,
+        timeout_at=now + timedelta(seconds=spec.timeout) if spec.timeout is not None else None,
+        approval_type=spec.approval_type,
+        now=now,
+    )
+
+
+def open_request(
+    env: RunEnv,
+    asset: AssetDefinition[..., Any],
+    *,
+    run_id: str,
+    step_id: str,
+    partition_key: str | None,
+    materialization_id: str,
+    computed: _Computed,
+    lineage: list[list[Any]],
+    attempt: int,
+    conn: Connection | None = None,
+) -> ApprovalRecord:
+    """Persist the request of a checkpoint step whose value is stored and waits for a person."""
+    fields = request_fields(
+        env,
+        asset,
+        run_id=run_id,
+        partition_key=partition_key,
+        computed=computed,
+        lineage=lineage,
+        attempt=attempt,
+    )
     record = ApprovalStore(env.store).request(
         tenant=env.tenant,
         approval_id=new_id(),
@@ -121,12 +161,12 @@ def open_request(
         checkpoint=asset.name,
         partition_key=partition_key,
         materialization_id=materialization_id,
-        message=str(computed.waiting.get("message") or ""),
-        context=context,
-        timeout_at=now + timedelta(seconds=spec.timeout) if spec.timeout is not None else None,
-        approval_type=spec.approval_type,
+        message=fields.message,
+        context=fields.context,
+        timeout_at=fields.timeout_at,
+        approval_type=fields.approval_type,
         conn=conn,
-        now=now,
+        now=fields.now,
     )
     _notify(getattr(env, "notifier", None), "requested", record)
     return record
@@ -359,7 +399,12 @@ class Approvals:
                 rows.apply(cursor)
                 if self._is_queue_run(conn, record.run_id):
                     self._queue_db().settle_gate(
-                        cursor, app.tenant, record.step_id, record.run_id, success=True
+                        cursor,
+                        app.tenant,
+                        record.step_id,
+                        record.run_id,
+                        success=True,
+                        materialization_id=mat.id,
                     )
             finally:
                 cursor.close()

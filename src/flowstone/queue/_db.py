@@ -134,6 +134,21 @@ class Finish:
     materialization_id: str | None = None
     step_started_at: datetime | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # A checkpoint whose condition holds: the request to open (the step then waits for it).
+    approval: ApprovalToOpen | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalToOpen:
+    approval_id: str
+    checkpoint: str
+    partition_key: str | None
+    materialization_id: str
+    message: str
+    context: dict[str, Any]
+    timeout_at: datetime | None
+    approval_type: str
+    now: datetime
 
 
 def _key(partition: str | None) -> str:
@@ -535,7 +550,7 @@ class QueueDB:
             )
             cur.execute(
                 "UPDATE flowstone_runs SET status = 'running', started_at = COALESCE(started_at, %s)"
-                " WHERE id = %s AND status = 'queued'",
+                " WHERE id = %s AND status IN ('queued', 'waiting_approval')",
                 (now, args.run),
             )
             cur.execute(
@@ -670,6 +685,11 @@ class QueueDB:
                 self._defer(cur, args.tenant, [item], {args.asset: args.code})
                 return True
             outcome.rows.apply(cur)
+            if outcome.approval is not None and not cancel:
+                # The gate's value is stored; the step waits for a person, holding no worker.
+                self._open_approval(cur, args, claimed.step_id, outcome.approval)
+                self._maybe_pause(cur, args.run)
+                return True
             if outcome.retry_delay is not None and not cancel:
                 item = _ToEnqueue(
                     claimed.step_id,
@@ -719,6 +739,98 @@ class QueueDB:
             return True
 
         return self._retrying(work, what=f"recording '{args.asset}'")
+
+    def _open_approval(self, cur: Any, args: JobArgs, step_id: str, request: ApprovalToOpen) -> None:
+        cur.execute("UPDATE flowstone_run_steps SET status = 'waiting_approval' WHERE id = %s", (step_id,))
+        cur.execute(
+            "INSERT INTO flowstone_approvals (id, tenant_id, run_id, step_id, checkpoint, partition_key,"
+            " materialization_id, status, approval_type, message, context, created_at, updated_at,"
+            " timeout_at, escalation_count) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s,"
+            " %s::json, %s, %s, %s, 0)",
+            (
+                request.approval_id,
+                args.tenant,
+                args.run,
+                step_id,
+                request.checkpoint,
+                _key(request.partition_key),
+                request.materialization_id,
+                request.approval_type,
+                request.message,
+                json.dumps(request.context),
+                request.now,
+                request.now,
+                request.timeout_at,
+            ),
+        )
+        cur.execute(
+            "INSERT INTO flowstone_audit_log (tenant_id, at, actor, actor_type, action, resource_type,"
+            " resource_id, details) VALUES (%s, %s, 'system', 'system', 'checkpoint.requested',"
+            " 'checkpoint', %s, %s::json)",
+            (
+                args.tenant,
+                request.now,
+                request.approval_id,
+                json.dumps(
+                    {"checkpoint": request.checkpoint, "partition": request.partition_key, "run_id": args.run}
+                ),
+            ),
+        )
+        self._event(
+            cur,
+            args.tenant,
+            "checkpoint.requested",
+            args.run,
+            args.asset,
+            args.partition,
+            {"approval_id": request.approval_id, "message": request.message},
+            request.now,
+        )
+
+    def _maybe_pause(self, cur: Any, run_id: str) -> None:
+        """A run whose only unfinished steps wait behind open approval requests shows
+        ``waiting_approval`` (the first job it starts again makes it ``running``)."""
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM flowstone_approvals WHERE run_id = %s"
+            " AND status IN ('pending', 'escalated'))",
+            (run_id,),
+        )
+        if not cur.fetchone()[0]:
+            return
+        cur.execute(
+            "UPDATE flowstone_runs SET status = 'waiting_approval' WHERE id = %s"
+            " AND status IN ('queued', 'running') AND NOT EXISTS (SELECT 1 FROM flowstone_run_steps"
+            " WHERE run_id = %s AND status IN ('queued', 'running', 'retrying'))",
+            (run_id, run_id),
+        )
+
+    def settle_gate(
+        self,
+        cur: Any,
+        tenant: str,
+        step_id: str,
+        run_id: str,
+        *,
+        success: bool,
+        materialization_id: str | None = None,
+        error: FlowStoneError | None = None,
+    ) -> None:
+        """A checkpoint of a queue run was decided (its step is recorded already, in the
+        caller's transaction): hand off to its downstream, or skip it, and count the run down."""
+        cur.execute(
+            "UPDATE flowstone_runs SET status = 'running' WHERE id = %s AND status = 'waiting_approval'",
+            (run_id,),
+        )
+        self._settled(
+            cur,
+            tenant,
+            step_id,
+            run_id,
+            success=success,
+            materialization_id=materialization_id,
+            error=error,
+            now=utcnow(),
+        )
 
     def _settled(
         self,
@@ -888,7 +1000,10 @@ class QueueDB:
                 (counts[run_id], run_id),
             )
             row = cur.fetchone()
-            if row is None or row[0] > 0:
+            if row is None:
+                continue
+            if row[0] > 0:
+                self._maybe_pause(cur, run_id)
                 continue
             cur.execute(
                 "SELECT count(*) FILTER (WHERE status = 'failed'),"

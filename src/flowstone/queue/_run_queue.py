@@ -86,7 +86,7 @@ class RunQueue:
             status, counts = found
             if on_progress is not None:
                 on_progress(status, counts)
-            if RunStatus(status).finished:
+            if RunStatus(status).finished or status == RunStatus.WAITING_APPROVAL.value:
                 return status
             if deadline is not None and clock.monotonic() >= deadline:
                 raise TimeoutError(f"run {run_id} is still {status} after {timeout:g}s")

@@ -48,7 +48,7 @@ from flowstone.engine._runner import (
 from flowstone.io._base import UpstreamVersion
 from flowstone.queue._code import code_versions
 from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
-from flowstone.queue._db import Claimed, Finish, JobArgs, QueueDB, conninfo
+from flowstone.queue._db import ApprovalToOpen, Claimed, Finish, JobArgs, QueueDB, conninfo
 from flowstone.store._store import HOST, utcnow
 from flowstone.store._writer import StepOutcome, StepRows
 
@@ -135,7 +135,7 @@ class Worker:
             self.app.store.engine.url.render_as_string(hide_password=False),
             options="-c synchronous_commit=off",
         )
-        connector = procrastinate.PsycopgConnector(conninfo=info, kwargs=kwargs)
+        connector = _connector(info, kwargs, self._stop)
         papp = procrastinate.App(connector=connector)
         worker = self
 
@@ -162,29 +162,47 @@ class Worker:
                         close()
 
     async def _run_async(self, papp: Any) -> None:
+        from procrastinate.exceptions import ConnectorException
+
         self._loop = asyncio.get_running_loop()
         async with papp.open_async():
-            self._worker_task = asyncio.ensure_future(
-                papp.run_worker_async(
-                    queues=self.queues,
-                    name=self.name,
-                    concurrency=self.concurrency,
-                    wait=True,
-                    listen_notify=True,
-                    fetch_job_polling_interval=1.0,
-                    abort_job_polling_interval=0.5,
-                    install_signal_handlers=False,
-                    update_heartbeat_interval=self.config.heartbeat_every,
-                    stalled_worker_timeout=self.config.stalled_after,
-                    delete_jobs="successful",
-                )
-            )
             loop = asyncio.get_running_loop()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self.stop)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker_task
+            while not self._stop.is_set():
+                self._worker_task = asyncio.ensure_future(
+                    papp.run_worker_async(
+                        queues=self.queues,
+                        name=self.name,
+                        concurrency=self.concurrency,
+                        wait=True,
+                        listen_notify=True,
+                        fetch_job_polling_interval=1.0,
+                        abort_job_polling_interval=0.5,
+                        install_signal_handlers=False,
+                        update_heartbeat_interval=self.config.heartbeat_every,
+                        stalled_worker_timeout=self.config.stalled_after,
+                        delete_jobs="successful",
+                    )
+                )
+                try:
+                    await self._worker_task
+                    return
+                except asyncio.CancelledError:
+                    return
+                except ConnectorException as exc:
+                    if self._stop.is_set():
+                        return
+                    # The job loop ended on a database error it could not ride out, e.g. this
+                    # worker was presumed dead (no heartbeat for stalled_after: its row is gone,
+                    # so every fetch fails on the foreign key). Start again as a new worker.
+                    _log.warning(
+                        "worker %s: the job loop stopped on a database error (%s); starting it again",
+                        self.name,
+                        exc.__cause__ or exc,
+                    )
+                    await asyncio.sleep(0.5 + random.random())
 
     def stop(self) -> None:
         """Stop fetching steps; running ones finish first."""
@@ -342,6 +360,52 @@ class Worker:
                 computed = self._compute(env, claimed, _StepIO(mat_id, upstream), should_abort)
         rows = StepRows("postgresql")
         error = computed.error
+        if error is None and computed.waiting is not None and definition is not None:
+            # A checkpoint whose condition holds: open its request; the step waits for it.
+            from flowstone.checkpoints._api import request_fields
+
+            links: list[list[Any]] = [
+                [mat_up, a, k, version]
+                for (a, k) in claimed.step.inputs
+                for mat_up, version in [claimed.upstream.get((a, k), (None, None))]
+                if mat_up is not None
+            ]
+            fields = request_fields(
+                env,
+                definition,
+                run_id=args.run,
+                partition_key=args.partition,
+                computed=computed,
+                lineage=links,
+                attempt=args.attempt,
+            )
+            approval = ApprovalToOpen(
+                approval_id=new_id(),
+                checkpoint=args.asset,
+                partition_key=args.partition,
+                materialization_id=mat_id,
+                message=fields.message,
+                context=fields.context,
+                timeout_at=fields.timeout_at,
+                approval_type=fields.approval_type,
+                now=fields.now,
+            )
+            if self.db.finish(claimed, Finish(rows, False, approval=approval)):
+                from flowstone.checkpoints._api import _notify
+
+                event = Event(
+                    "checkpoint.requested",
+                    utcnow(),
+                    args.run,
+                    args.asset,
+                    args.partition,
+                    {"approval_id": approval.approval_id, "message": approval.message},
+                )
+                self.app.events.emit(event)
+                record = self.app.approvals.store.get(tenant=args.tenant, approval_id=approval.approval_id)
+                if record is not None:
+                    _notify(self.app.notifier, "requested", record)
+            return
         if error is None:
             stored = computed.stored
             event = Event(
@@ -494,6 +558,52 @@ class Worker:
         event = Event(STEP_FAILED, now, args.run, args.asset, args.partition, {"error": error.to_dict()})
         rows.calls.append(("event", [rows._event(args.tenant, event)]))
         self.db.finish(claimed, Finish(rows, False, error=error))
+
+
+def _connector(info: str, kwargs: dict[str, Any], stopping: threading.Event) -> Any:
+    """procrastinate's connector, made to ride out a lost database connection.
+
+    - Its pool hands connections out unchecked: psycopg_pool's check waits 1 s, 2 s, 4 s ...
+      after each dead connection, so once every pooled connection died at once (a cut, a
+      restart of the server) the next heartbeat or fetch could wait up to 15 s, longer than a
+      short stalled_after.
+    - A query that fails because its connection is lost is tried again (at once, then backing
+      off up to 1 s) until it gets through or the worker stops: the pool drops the dead
+      connection when it comes back. procrastinate's own loops die at the first error: the
+      fetch loop ends the worker, the heartbeat task dies silently (and the worker is then
+      reaped while alive).
+    """
+    import procrastinate
+    import psycopg
+    import psycopg_pool
+
+    def pool(**options: Any) -> Any:
+        options["check"] = None
+        return psycopg_pool.AsyncConnectionPool(**options)
+
+    class Connector(procrastinate.PsycopgConnector):
+        async def _again(self, call: Any, query: Any, arguments: dict[str, Any]) -> Any:
+            delay = 0.0
+            while True:
+                try:
+                    return await call(query, **arguments)
+                except procrastinate.exceptions.ConnectorException as exc:
+                    if stopping.is_set() or not isinstance(exc.__cause__, psycopg.OperationalError):
+                        raise
+                    _log.warning("lost the database connection (%s); trying again", exc.__cause__)
+                await asyncio.sleep(delay)
+                delay = min(1.0, max(0.05, delay * 2))
+
+        async def execute_query_async(self, query: Any, **arguments: Any) -> Any:
+            return await self._again(super().execute_query_async, query, arguments)
+
+        async def execute_query_one_async(self, query: Any, **arguments: Any) -> Any:
+            return await self._again(super().execute_query_one_async, query, arguments)
+
+        async def execute_query_all_async(self, query: Any, **arguments: Any) -> Any:
+            return await self._again(super().execute_query_all_async, query, arguments)
+
+    return Connector(conninfo=info, kwargs=kwargs, pool_factory=pool)
 
 
 __all__ = ["DEFAULT_QUEUE", "Worker"]
