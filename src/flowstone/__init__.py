@@ -106,6 +106,7 @@ from flowstone.partitions import (
     WeeklyPartitions,
 )
 from flowstone.resources import ConfigurableResource, EnvVar, Health, HttpClient, Resource, SQLDatabase
+from flowstone.schedules._conditions import eager, freshness, on_cron
 from flowstone.schedules._definitions import RunRequest, SensorResult
 from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics
 
@@ -194,5 +195,8 @@ __all__ = [
     "ValueNotFound",
     "WeeklyPartitions",
     "__version__",
+    "eager",
+    "freshness",
     "load_pipeline",
+    "on_cron",
 ]

@@ -250,7 +250,7 @@ def build_asset(
             )
 
     if automation is not None:
-        from flowstone.schedules._automation import check_condition
+        from flowstone.schedules._conditions import check_condition
 
         problem = check_condition(automation)
         if problem is not None:

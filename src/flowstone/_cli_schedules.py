@@ -30,6 +30,33 @@ def _when(value: datetime | None) -> str:
     return when(value)
 
 
+def _in_zone(value: datetime | None, tz: Any) -> str:
+    """A time as wall-clock time of ``tz`` with its UTC offset (unambiguous across DST)."""
+    if value is None:
+        return "-"
+    return value.astimezone(tz).isoformat(sep=" ", timespec="minutes")
+
+
+def _definitions(app: Any, kind: str) -> dict[str, Any]:
+    return dict(app.pipeline.schedules if kind == "schedule" else app.pipeline.sensors)
+
+
+def _known(app: Any, kind: str, name: str) -> Any:
+    from flowstone._errors import ValidationError
+
+    definitions = _definitions(app, kind)
+    if name not in definitions:
+        import difflib
+
+        guesses = difflib.get_close_matches(name, sorted(definitions), n=1)
+        hint = f"; did you mean '{guesses[0]}'?" if guesses else ""
+        raise ValidationError(
+            f"no {kind} '{name}' in pipeline '{app.pipeline.name}'{hint} (known: {sorted(definitions)})",
+            context={kind: name},
+        )
+    return definitions[name]
+
+
 def _table(kind: str, state: _State) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -40,7 +67,7 @@ def _table(kind: str, state: _State) -> None:
     with _errors(state):
         app = state.app()
         store = AutomationStore(app.store, app.tenant)
-        definitions = app.pipeline.schedules if kind == "schedule" else app.pipeline.sensors
+        definitions = _definitions(app, kind)
         table = Table(title=f"{kind}s")
         columns = ("name", "on", "when", "target", "last evaluated", "last tick", "error")
         for col in columns:
@@ -50,39 +77,40 @@ def _table(kind: str, state: _State) -> None:
             st = store.state(kind, name)
             last = store.ticks(kind, name, limit=1)
             if kind == "schedule":
-                upcoming = _when(definition.schedule.next_after(now))
-                when = f"{definition.cron} ({definition.timezone}); next {upcoming}"
+                tz = definition.schedule.tz
+                upcoming = _in_zone(definition.schedule.next_after(now), tz)
+                zone = f"{definition.timezone}, catch_up={definition.catch_up}"
+                when = f"{definition.cron} ({zone}); next {upcoming}"
+                last_tick = f"{last[0].status} {_in_zone(last[0].tick_at, tz)}" if last else "-"
             else:
                 when = f"every {definition.interval:g}s"
+                last_tick = f"{last[0].status} {_when(last[0].tick_at)}" if last else "-"
             table.add_row(
                 name,
                 "off" if st.enabled is False else "on",
                 escape(when),
                 escape(" ".join(definition.target)),
                 _when(st.last_evaluated_at),
-                escape(f"{last[0].status} {_when(last[0].tick_at)}" if last else "-"),
+                escape(last_tick),
                 escape(st.last_error or ""),
             )
         _console().print(table)
 
 
 def _toggle(kind: str, state: _State, name: str, enabled: bool, reason: str | None) -> None:
-    from flowstone._errors import ValidationError
     from flowstone.cli import _console, _errors
     from flowstone.schedules._state import AutomationStore
 
     with _errors(state):
         app = state.app()
-        definitions = app.pipeline.schedules if kind == "schedule" else app.pipeline.sensors
-        if name not in definitions:
-            raise ValidationError(
-                f"no {kind} '{name}' in pipeline '{app.pipeline.name}' (known: {sorted(definitions)})",
-                context={kind: name},
-            )
-        AutomationStore(app.store, app.tenant).set_enabled(
-            kind, name, enabled, actor=f"user:{getpass.getuser()}", reason=reason
+        _known(app, kind, name)
+        previous = AutomationStore(app.store, app.tenant).set_enabled(
+            kind, name, enabled, actor=f"user:{getpass.getuser()}", reason=reason, at=app.clock.now()
         )
-        _console().print(f"{kind} '{name}' is {'on' if enabled else 'off'}", markup=False)
+        now = "on" if enabled else "off"
+        was = "on" if previous is not False else "off"
+        note = f" (it was {now} already)" if was == now else ""
+        _console().print(f"{kind} '{name}' is {now}{note}", markup=False)
 
 
 def _history(kind: str, state: _State, name: str, limit: int) -> None:
@@ -94,18 +122,25 @@ def _history(kind: str, state: _State, name: str, limit: int) -> None:
 
     with _errors(state):
         app = state.app()
+        ticks = AutomationStore(app.store, app.tenant).ticks(kind, name, limit=limit)
+        definition = _definitions(app, kind).get(name)
+        if definition is None and not ticks:
+            _known(app, kind, name)  # raises: not defined, and nothing recorded
+        tz = definition.schedule.tz if kind == "schedule" and definition is not None else None
         table = Table(title=f"ticks of {kind} {name}")
         for col in ("tick", "status", "partitions", "runs", "reason"):
             table.add_column(col)
-        for tick in AutomationStore(app.store, app.tenant).ticks(kind, name, limit=limit):
+        for tick in ticks:
             table.add_row(
-                _when(tick.tick_at),
+                _in_zone(tick.tick_at, tz) if tz is not None else _when(tick.tick_at),
                 tick.status,
                 escape(", ".join(str(p) for p in tick.partitions) or "-"),
                 " ".join(r[:12] for r in tick.run_ids) or "-",
                 escape(tick.reason or ""),
             )
         _console().print(table)
+        if not ticks:
+            _console().print(f"no ticks recorded for {kind} '{name}' yet", markup=False)
 
 
 @click.group("schedules")
@@ -143,23 +178,24 @@ def schedules_off(state: _State, name: str, reason: str | None) -> None:
 @click.option("--next", "count", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.pass_obj
 def schedules_preview(state: _State, name: str, count: int) -> None:
-    """The next ticks of NAME and the partitions they would run."""
-    from flowstone._errors import ValidationError
+    """The next ticks of NAME (in its time zone) and the partitions they would run."""
     from flowstone.cli import _console, _errors
     from flowstone.schedules._daemon import Daemon
 
     with _errors(state):
         app = state.app()
-        definition = app.pipeline.schedules.get(name)
-        if definition is None:
-            raise ValidationError(f"no schedule '{name}' (known: {sorted(app.pipeline.schedules)})")
+        definition = _known(app, "schedule", name)
         daemon = Daemon(app)
         out = _console()
         for tick in definition.schedule.preview(app.clock.now(), count):
-            local = tick.astimezone(definition.schedule.tz)
-            partitions = daemon._tick_partitions(definition, tick)
-            shown = ", ".join(partitions) or "(no partition: unpartitioned, or decided when it fires)"
-            out.print(f"{local.isoformat()}  ->  {shown}", markup=False)
+            try:
+                partitions, skip = daemon.tick_partitions(definition, tick)
+            except Exception as exc:
+                partitions, skip = [], f"the partition function fails: {type(exc).__name__}: {exc}"
+            shown = (
+                ", ".join(partitions) if partitions else (f"(skipped: {skip})" if skip else "(unpartitioned)")
+            )
+            out.print(f"{_in_zone(tick, definition.schedule.tz)}  ->  {shown}", markup=False)
 
 
 @schedules.command("history")
@@ -214,15 +250,28 @@ def _run_daemon(state: _State, interval: float, executor: str | None, once: bool
     from flowstone.schedules._daemon import Daemon
 
     with _errors(state):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("flowstone").setLevel(logging.INFO)  # the daemon's own news, not the libraries'
         app = state.app()
         daemon = Daemon(app, interval=interval, executor=executor)
         if once:
             report = daemon.tick()
+            daemon.state.stop_daemon(daemon.id)
             _console().print(json.dumps(_report(report)), markup=False)
             return
+
+        def graceful(signum: int, frame: Any) -> None:
+            click.echo(
+                f"daemon {daemon.name}: stopping after the pass in progress "
+                f"({signal.Signals(signum).name} again to stop at once)",
+                err=True,
+            )
+            daemon.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: daemon.stop())
+            signal.signal(sig, graceful)
         click.echo(
             f"daemon {daemon.name}: {len(app.pipeline.schedules)} schedule(s), "
             f"{len(app.pipeline.sensors)} sensor(s), every {interval:g}s, runs "
@@ -230,6 +279,7 @@ def _run_daemon(state: _State, interval: float, executor: str | None, once: bool
             err=True,
         )
         daemon.run()
+        click.echo(f"daemon {daemon.name}: stopped", err=True)
 
 
 def _report(report: Any) -> dict[str, Any]:
@@ -238,6 +288,7 @@ def _report(report: Any) -> dict[str, Any]:
         "skipped": [list(x) for x in report.skipped],
         "errors": [list(x) for x in report.errors],
         "timeouts": [list(x) for x in report.timeouts],
+        "housekeeping": list(report.housekeeping),
     }
 
 

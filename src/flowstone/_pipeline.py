@@ -237,6 +237,7 @@ class Pipeline:
         interval: str | float | timedelta = "30s",
         timeout: str | float | timedelta = "60s",
         description: str | None = None,
+        location: str | None = None,
     ) -> Any:
         """Poll something with ``fn(context, cursor) -> SensorResult`` every ``interval`` (the
         daemon does) and run ``target`` for the partitions it asks for."""
@@ -244,7 +245,13 @@ class Pipeline:
 
         def register(func: Callable[..., Any]) -> Any:
             built = build_sensor(
-                func, name=name, interval=interval, target=target, timeout=timeout, description=description
+                func,
+                name=name,
+                interval=interval,
+                target=target,
+                timeout=timeout,
+                description=description,
+                location=location,
             )
             self._add_automation("sensor", built)
             return built
@@ -283,6 +290,14 @@ class Pipeline:
                                 location=definition.location,
                             )
                         )
+        from flowstone.schedules._definitions import schedule_target_problem
+
+        for definition in self.schedules.values():
+            problem = schedule_target_problem(definition, self)
+            if problem:
+                found.append(
+                    Problem("schedule_partitions", problem, asset=None, location=definition.location)
+                )
         return found
 
     @property

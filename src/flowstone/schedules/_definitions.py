@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from flowstone._durations import parse_duration
@@ -37,6 +38,18 @@ class RunRequest:
     selection: tuple[str, ...] | None = None
     key: str | None = None  # a sensor's own id for the request: the same key never runs twice
     force: bool = False
+
+    def __post_init__(self) -> None:
+        # One key given as a string is that key, not its characters.
+        partitions: Any = self.partitions
+        if isinstance(partitions, str):
+            partitions = (partitions,)
+        object.__setattr__(self, "partitions", tuple(str(p) for p in partitions or ()))
+        selection: Any = self.selection
+        if isinstance(selection, str):
+            selection = (selection,)
+        if selection is not None:
+            object.__setattr__(self, "selection", tuple(selection))
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ class ScheduleDefinition:
     description: str | None = None
     location: str = "<unknown>"
 
-    @property
+    @cached_property
     def schedule(self) -> CronSchedule:
         return CronSchedule(self.cron, self.timezone)
 
@@ -170,9 +183,10 @@ def build_sensor(
     target: Any,
     timeout: str | float | timedelta = "60s",
     description: str | None = None,
+    location: str | None = None,
 ) -> SensorDefinition:
     sensor_name = str(name or getattr(fn, "__name__", ""))
-    where = _location(fn)
+    where = location or _location(fn)
 
     def fail(text: str) -> DefinitionError:
         return DefinitionError(
@@ -201,19 +215,53 @@ def build_sensor(
     )
 
 
-def closed_partition(definition: Any, tick: datetime) -> str | None:
-    """The partition of a time-window definition that closed last at or before ``tick``."""
-    key_for_time = getattr(definition, "key_for_time", None)
-    if key_for_time is None:
+def schedule_target_problem(schedule: ScheduleDefinition, pipeline: Any) -> str | None:
+    """Why the ticks of ``schedule`` cannot pick their partitions by default, or None.
+
+    A schedule without a ``partition`` function runs the partition that just closed, which only
+    time-window partitions have: a target partitioned otherwise needs the function. For
+    ``Pipeline.problems`` (unknown targets are reported there already, so they pass here).
+    """
+    from flowstone.partitions._time import TimeWindowPartitions
+
+    if schedule.partition is not None:
         return None
-    moment = tick.astimezone(UTC) - timedelta(microseconds=1)
-    key = key_for_time(moment)
-    if key is None:
+    try:
+        selected = pipeline.graph.select(list(schedule.target))
+    except Exception:
         return None
-    window = definition.window(key)
-    if window.end > tick:
-        index = definition.index_of(key)
-        if index == 0:
+    for asset in sorted(selected):
+        partitions = pipeline.assets[asset].partitioned_by
+        if partitions is None:
+            continue
+        if isinstance(partitions, TimeWindowPartitions):
             return None
-        key = definition.key_at(index - 1)
-    return str(key)
+        return (
+            f"schedule '{schedule.name}' targets '{asset}', partitioned by {partitions!r}, which has no "
+            "time windows: give the schedule a partition function (tick -> partition key)"
+        )
+    return None
+
+
+def closed_partition(definition: Any, tick: datetime) -> str | None:
+    """The key of the time window of ``definition`` that closed last at or before ``tick``.
+
+    That is the window ``[start, end)`` with the latest ``end <= tick``: at a daily 02:00 tick in
+    the partitions' zone it is yesterday, also on the 23- and 25-hour days of DST switches. None
+    when ``definition`` is not time-windowed, when no window has ended by ``tick``, and past a
+    bounded definition's ``end`` (once the window after its last one would have ended). Unlike
+    ``key_for_time`` this does not depend on the real clock, so previews of future ticks and fake
+    clocks in tests give the same answer as the daemon at that time.
+    """
+    from flowstone.partitions._schedules import to_us
+    from flowstone.partitions._time import TimeWindowPartitions
+
+    if not isinstance(definition, TimeWindowPartitions):
+        return None
+    at = to_us(tick.astimezone(UTC))
+    if at < definition._start_us:
+        return None
+    n = definition._sched.floor(at) - 1  # the window containing ``tick`` is still open
+    if n < definition._first or (definition._last is not None and n >= definition._last):
+        return None
+    return definition._encode(n)

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from flowstone.store import _tables as t
 from flowstone.store._store import HOST, Store, _utc, utcnow
+
+TICK_KEY_LENGTH = 255  # flowstone_ticks.tick_key
+
+
+def fit_key(key: str) -> str:
+    """``key`` if it fits the tick key column, else its first characters and its SHA-256."""
+    if len(key) <= TICK_KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return f"{key[: TICK_KEY_LENGTH - len(digest) - 1]}#{digest}"
 
 
 @dataclass(frozen=True)
@@ -112,14 +123,30 @@ class AutomationStore:
             self._upsert(conn, kind, name, values)
 
     def set_enabled(
-        self, kind: str, name: str, enabled: bool, *, actor: str, reason: str | None = None
-    ) -> None:
-        """Turn a schedule or sensor on or off (persisted and audited)."""
+        self,
+        kind: str,
+        name: str,
+        enabled: bool,
+        *,
+        actor: str,
+        reason: str | None = None,
+        at: datetime | None = None,
+    ) -> bool | None:
+        """Turn a schedule or sensor on or off (persisted and audited); returns the previous
+        setting (None: never set, which means on).
+
+        A schedule turned back on starts from ``at`` (now): the ticks of the time it was off are
+        not caught up. A sensor keeps its cursor and goes on from there.
+        """
+        at = (at or utcnow()).astimezone(UTC)
+        c = t.automation_state.c
         with self.engine.begin() as conn:
+            previous = conn.execute(
+                sa.select(c.enabled).where(c.tenant_id == self.tenant, c.kind == kind, c.name == name)
+            ).scalar()
             values: dict[str, Any] = {"enabled": enabled, "updated_by": actor}
-            if enabled:
-                # Turned (back) on: ticks of the time it was off are not caught up.
-                values["cursor"] = None
+            if kind == "schedule" and enabled and previous is False:
+                values["cursor"] = at.isoformat()
             self._upsert(conn, kind, name, values)
             self.store._audit(
                 conn,
@@ -129,7 +156,44 @@ class AutomationStore:
                 resource_type=kind,
                 resource_id=name,
                 reason=reason,
+                details={"previous": {None: "default", True: "on", False: "off"}[previous]},
             )
+        return cast("bool | None", previous)
+
+    def lease_evaluation(self, kind: str, name: str, *, seen: datetime | None, now: datetime) -> bool:
+        """Set ``last_evaluated_at`` to ``now`` if it is still ``seen`` (what this daemon read):
+        of several daemons about to evaluate the same thing at once, exactly one gets True."""
+        c = t.automation_state.c
+        where = [c.tenant_id == self.tenant, c.kind == kind, c.name == name]
+        where.append(c.last_evaluated_at.is_(None) if seen is None else c.last_evaluated_at == seen)
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                t.automation_state.update().where(*where).values(last_evaluated_at=now, updated_at=utcnow())
+            )
+            if moved.rowcount == 1:
+                return True
+            if seen is not None:
+                return False
+            exists = conn.execute(
+                sa.select(c.name).where(c.tenant_id == self.tenant, c.kind == kind, c.name == name)
+            ).first()
+            if exists is not None:
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        t.automation_state.insert(),
+                        {
+                            "tenant_id": self.tenant,
+                            "kind": kind,
+                            "name": name,
+                            "last_evaluated_at": now,
+                            "updated_at": utcnow(),
+                        },
+                    )
+            except sa.exc.IntegrityError:  # another daemon's first evaluation
+                return False
+            return True
 
     # ------------------------------------------------------------------ ticks
     def claim_tick(
@@ -144,7 +208,11 @@ class AutomationStore:
         reason: str | None = None,
         partitions: Sequence[Any] = (),
     ) -> int | None:
-        """Insert the tick's row; None when it exists already (another daemon has it)."""
+        """Insert the tick's row; None when it exists already (another daemon has it).
+
+        A key longer than the column is shortened the same way every time (a prefix and a hash).
+        """
+        tick_key = fit_key(tick_key)
         now = utcnow()
         try:
             with self.engine.begin() as conn:
@@ -229,6 +297,24 @@ class AutomationStore:
             ).all()
         return [_tick(r) for r in rows]
 
+    def prune_ticks(self, *, before: datetime, kinds: Sequence[str] = ("schedule", "daemon")) -> int:
+        """Delete finished ticks of ``kinds`` older than ``before``.
+
+        Only kinds whose cursor is past them: sensor and automation ticks stay, their keys are what
+        keeps a request from running twice.
+        """
+        c = t.ticks.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.ticks.delete().where(
+                    c.tenant_id == self.tenant,
+                    c.kind.in_(list(kinds)),
+                    c.tick_at < before,
+                    c.status != "launching",
+                )
+            )
+        return int(result.rowcount or 0)
+
     # ------------------------------------------------------------------ daemons
     def register_daemon(self, daemon_id: str) -> None:
         now = utcnow()
@@ -248,6 +334,35 @@ class AutomationStore:
     def heartbeat(self, daemon_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(t.daemons.update().where(t.daemons.c.id == daemon_id).values(heartbeat_at=utcnow()))
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """The daemons of this tenant, newest first (``stopped_at`` None: running or crashed)."""
+        d = t.daemons.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.daemons).where(d.tenant_id == self.tenant).order_by(d.started_at.desc())
+            ).all()
+        return [
+            {
+                **row._asdict(),
+                "started_at": _utc(row.started_at),
+                "heartbeat_at": _utc(row.heartbeat_at),
+                "stopped_at": _utc(row.stopped_at),
+            }
+            for row in rows
+        ]
+
+    def prune_daemons(self, *, before: datetime) -> int:
+        """Forget daemons stopped (or silent) since before ``before``."""
+        d = t.daemons.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.daemons.delete().where(
+                    d.tenant_id == self.tenant,
+                    sa.or_(d.stopped_at < before, d.heartbeat_at < before),
+                )
+            )
+        return int(result.rowcount or 0)
 
     def stop_daemon(self, daemon_id: str) -> None:
         with self.engine.begin() as conn:
