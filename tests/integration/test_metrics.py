@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -174,26 +173,36 @@ def test_store_duration_histogram_buckets_follow_duration_ms(app: fs.FlowStone) 
     assert get(samples, "flowstone_step_retries_total", asset="timed") == 1
 
 
-def test_pending_approvals_count_once_an_approvals_table_exists(app: fs.FlowStone) -> None:
+def test_pending_approvals_count_open_requests_of_the_tenant(app: fs.FlowStone) -> None:
+    from flowstone.store import _tables as t
+    from flowstone.store._store import utcnow
+
     collector = StoreMetrics(app.store, tenant=app.tenant)
-    assert get(scrape(collector), "flowstone_pending_approvals") == 0  # no table yet
-    approvals = sa.Table(
-        "flowstone_approvals",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("tenant_id", sa.String(64), nullable=False),
-        sa.Column("status", sa.String(32), nullable=False),
-    )
+    assert get(scrape(collector), "flowstone_pending_approvals") == 0
+    now = utcnow()
+    rows = [
+        (app.tenant, "pending"),
+        (app.tenant, "escalated"),
+        (app.tenant, "approved"),
+        (app.tenant, "rejected"),
+        ("other", "pending"),
+    ]
     with app.store.engine.begin() as conn:
-        approvals.create(conn)
         conn.execute(
-            approvals.insert(),
+            t.approvals.insert(),
             [
-                {"tenant_id": app.tenant, "status": "pending"},
-                {"tenant_id": app.tenant, "status": "escalated"},
-                {"tenant_id": app.tenant, "status": "approved"},
-                {"tenant_id": app.tenant, "status": "rejected"},
-                {"tenant_id": "other", "status": "pending"},
+                {
+                    "id": f"a{i:031d}",
+                    "tenant_id": tenant,
+                    "run_id": f"r{i:031d}",
+                    "step_id": f"s{i:031d}",
+                    "checkpoint": "review",
+                    "partition_key": "",
+                    "status": status,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i, (tenant, status) in enumerate(rows)
             ],
         )
     assert get(scrape(collector), "flowstone_pending_approvals") == 2
