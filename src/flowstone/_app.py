@@ -405,8 +405,28 @@ class FlowStone:
         priority: int | None = None,
         backfill_id: str | None = None,
     ) -> str:
+        from flowstone.io._memory import MemoryIOManager
         from flowstone.queue._config import PRIORITY_BACKFILL, PRIORITY_INTERACTIVE
 
+        in_memory = sorted(
+            {
+                s.asset
+                for s in plan.steps
+                if isinstance(
+                    self.io_managers.get(
+                        self.pipeline.assets[s.asset].io_manager or self.pipeline.default_io_manager
+                    ),
+                    MemoryIOManager,
+                )
+            }
+        )
+        if in_memory:
+            raise ValidationError(
+                f"the run queue cannot run {in_memory}: their values would live in the memory of "
+                "whichever worker ran them, out of reach of the others and of this process; use a "
+                "storing I/O manager (filesystem, parquet, object_store, postgres)",
+                context={"assets": in_memory},
+            )
         if priority is None:
             priority = PRIORITY_BACKFILL if backfill_id else PRIORITY_INTERACTIVE
         return self.run_queue().submit(

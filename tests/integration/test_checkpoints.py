@@ -1323,3 +1323,37 @@ def test_events_table_holds_every_checkpoint_event(make_sqlite_app: AppFactory) 
         ("checkpoint.requested", "orders_review"),
         ("checkpoint.approved", "orders_review"),
     ]
+
+
+def test_approving_a_value_another_run_replaced_since_is_refused(make_sqlite_app: AppFactory) -> None:
+    """Storage paths are per partition: a second run paused at the same gate overwrote the value
+    the first request showed, so approving the first would pass on the second's value."""
+    pipeline = fs.Pipeline("replaced")
+    counter = {"n": 0}
+
+    @pipeline.asset()
+    def numbers(context: fs.Context) -> dict[str, int]:
+        counter["n"] += 1
+        return {"n": counter["n"]}
+
+    @pipeline.checkpoint()
+    def numbers_review(context: fs.Context, numbers: dict[str, int]) -> bool:
+        return True
+
+    @pipeline.asset()
+    def total(context: fs.Context, numbers_review: dict[str, int]) -> int:
+        return numbers_review["n"]
+
+    app = make_sqlite_app(pipeline)
+    first = app.materialize(["total"])
+    second = app.materialize(["numbers", "total"], force=True)
+    [old, new] = sorted(app.approvals.pending(), key=lambda r: r.created_at)
+    assert (old.run_id, new.run_id) == (first.run_id, second.run_id)
+    with pytest.raises(ValidationError, match="replaced since the request"):
+        app.approvals.approve(old.id, by="ana")
+    assert app.approvals.get(old.id).status is ApprovalStatus.PENDING
+    app.approvals.approve(new.id, by="ana")
+    assert app.load("total") == 2
+    # The first can still pass on a value a person gives.
+    app.approvals.modify(old.id, {"n": 1}, by="ana", reason="the first run's numbers")
+    assert app.load("total") == 1

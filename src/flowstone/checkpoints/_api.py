@@ -362,6 +362,8 @@ class Approvals:
         stored = None
         if action is Action.MODIFY:
             self._check_modification(definition, value)
+        else:
+            self._check_unchanged(definition, record)
         approval_context = record.context
         with app.store.engine.begin() as conn:
             # The conditional UPDATE first: of two reviewers deciding at once only the winner goes
@@ -514,17 +516,13 @@ class Approvals:
             },
         )
 
-    def _store_value(
-        self, definition: AssetDefinition[..., Any], record: ApprovalRecord, value: Any, mat_id: str
-    ) -> Any:
+    def _io(self, definition: AssetDefinition[..., Any], record: ApprovalRecord, mat_id: str | None) -> Any:
         from flowstone.engine._planner import typed_partition
         from flowstone.io._base import IOContext
 
         app = self.app
-        name = definition.io_manager or app.pipeline.default_io_manager
-        manager = app.io_managers[name]
         resolve = app.resolver()
-        ctx = IOContext(
+        return IOContext(
             asset=definition.name,
             partition_key=record.partition_key,
             partition=typed_partition(resolve(definition.name), definition.name, record.partition_key),
@@ -534,7 +532,34 @@ class Approvals:
             materialization_id=mat_id,
             code_version=definition.code_version,
         )
-        return manager.store(ctx, value)
+
+    def _check_unchanged(self, definition: AssetDefinition[..., Any], record: ApprovalRecord) -> None:
+        """Refuse to approve a value that is no longer the one under review: another run stored
+        the same partition of the gate since (storage paths are per partition, not per run)."""
+        expected = record.context.get("checksum")
+        if not expected:
+            return
+        manager = self.app.io_managers[definition.io_manager or self.app.pipeline.default_io_manager]
+        try:
+            current = manager.metadata(self._io(definition, record, record.materialization_id))
+        except Exception:  # a manager that cannot tell: nothing to compare
+            return
+        if current is not None and current.checksum and current.checksum != expected:
+            raise ValidationError(
+                f"approval {record.id}: the value of '{record.checkpoint}'"
+                + (f" [{record.partition_key}]" if record.partition_key else "")
+                + " under review was replaced since the request (another run stored it again); "
+                "decide the newer request, or modify this one with the value to pass on",
+                context={"approval_id": record.id, "expected": expected, "found": current.checksum},
+            )
+
+    def _store_value(
+        self, definition: AssetDefinition[..., Any], record: ApprovalRecord, value: Any, mat_id: str
+    ) -> Any:
+
+        app = self.app
+        manager = app.io_managers[definition.io_manager or app.pipeline.default_io_manager]
+        return manager.store(self._io(definition, record, mat_id), value)
 
     def _materialization(
         self,

@@ -41,6 +41,9 @@ from flowstone.store._writer import StepRows
 
 T = TypeVar("T")
 
+# Submitting at least this many steps refreshes the job table's statistics.
+_ANALYZE_AFTER = 500
+
 _QUEUED = StepStatus.QUEUED.value
 _RETRYING = StepStatus.RETRYING.value
 _PENDING = StepStatus.PENDING.value
@@ -378,6 +381,13 @@ class QueueDB:
 
         with self._tx() as cur:  # not retried: a half-known outcome must not insert twice
             write(cur)
+        if len(steps) >= _ANALYZE_AFTER:
+            # A burst of jobs into a job table the planner believes small or empty makes it
+            # fetch by sorting every waiting job (a bitmap scan, then a sort: milliseconds per
+            # fetch, growing with the backlog) until autovacuum gets round to analyzing it; the
+            # priority index is the plan once the statistics know the backlog.
+            with contextlib.suppress(Exception), self._tx() as cur:
+                cur.execute("ANALYZE procrastinate_jobs")
 
     def _event(
         self,
@@ -925,8 +935,11 @@ class QueueDB:
             )
             for r in cancelled:
                 counts[r[1]] = counts.get(r[1], 0) + 1
+        # One above the run's own: a step whose upstream just finished goes before the run's
+        # steps that have waited in the queue since submit (depth first, so the hand-off does
+        # not wait behind a wide layer), never before a run of a higher class.
         items = [
-            _ToEnqueue(r[0], r[1], r[2], r[3], 1, runs[r[1]][1], self._queue_of(r[2]), code=r[6])
+            _ToEnqueue(r[0], r[1], r[2], r[3], 1, runs[r[1]][1] + 1, self._queue_of(r[2]), code=r[6])
             for r in ready
             if not runs[r[1]][0]
         ]
