@@ -48,6 +48,8 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python benchmarks/partition_scale.py
 	$(BIN)/python benchmarks/io.py 1000000
 	$(BIN)/python benchmarks/telemetry.py 1000
+	$(BIN)/python benchmarks/queue_throughput.py
+	$(BIN)/python benchmarks/daemon_tick.py
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART)/.flowstone .pytest_cache .mypy_cache .ruff_cache
