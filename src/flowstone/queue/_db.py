@@ -193,6 +193,11 @@ class QueueDB:
         self._pool_limits = {**pipeline.pool_limits, **config.pool_limits}
         self._codes = code_versions(pipeline)
 
+    @property
+    def codes(self) -> Mapping[str, str]:
+        """Each asset's code version as this process sees it (see ``_code``)."""
+        return self._codes
+
     # ------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:

@@ -46,7 +46,6 @@ from flowstone.engine._runner import (
     build_materialization,
 )
 from flowstone.io._base import UpstreamVersion
-from flowstone.queue._code import code_versions
 from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
 from flowstone.queue._db import ApprovalToOpen, Claimed, Finish, JobArgs, QueueDB, conninfo
 from flowstone.store._store import HOST, utcnow
@@ -109,7 +108,7 @@ class Worker:
         self.queues = list(queues) if queues else None
         self.name = name or f"{HOST}:{os.getpid()}"
         self.db = QueueDB(app.store.engine, app.pipeline, config=self.config)
-        self.codes = code_versions(app.pipeline)
+        self.codes = self.db.codes  # computed once (it reads every asset's source)
         from flowstone.resources._runtime import RunResources
 
         self.resources = RunResources(app.resources, events=app.events, clock=app.clock.monotonic)
