@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -135,8 +135,6 @@ class Finish:
     # dependency_not_ready: try again after this many seconds, the same attempt.
     not_ready_delay: float | None = None
     materialization_id: str | None = None
-    step_started_at: datetime | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
     # A checkpoint whose condition holds: the request to open (the step then waits for it).
     approval: ApprovalToOpen | None = None
 
