@@ -51,7 +51,8 @@ def worker(
             level=logging.DEBUG if state.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        logging.getLogger("procrastinate").setLevel(logging.DEBUG if state.verbose else logging.WARNING)
+        # psycopg's pool logs every connection handed out at INFO.
+        logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if state.verbose else logging.WARNING)
         app = state.app()
         chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         runner = Worker(app, concurrency=concurrency, queues=chosen, name=name, isolate=isolate)

@@ -7,6 +7,7 @@ Read from the ``[queue]`` table of flowstone.toml (or passed to ``FlowStone(queu
     tenant_limit = 8             # running steps per tenant, across all workers
     stalled_after = "30s"        # a worker silent this long is dead: its steps run again
     retention = "7d"             # finished jobs are pruned after this
+    poll_every = "1s"            # idle workers look for delayed jobs (retries) this often
     [queue.queue_limits]
     backfill = 4                 # running steps of one queue, across all workers
     [queue.pool_limits]
@@ -49,6 +50,8 @@ class QueueConfig:
     # most this long in all, without using up its retry attempts.
     not_ready_every: float = 2.0
     not_ready_for: float = 600.0
+    # New jobs wake idle workers at once (LISTEN/NOTIFY); delayed ones are found by this poll.
+    poll_every: float = 1.0
 
     @property
     def heartbeat_every(self) -> float:
@@ -94,6 +97,7 @@ class QueueConfig:
             "backoff",
             "not_ready_every",
             "not_ready_for",
+            "poll_every",
         ):
             if key in table:
                 try:

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -114,6 +115,12 @@ class Claimed:
     upstream: dict[StepKey, tuple[str | None, str | None]]
     started_at: datetime
     run_created_at: datetime
+    # Taken by ``fetch`` (this worker's own loop): its job is finished with the step's record.
+    fetched: bool = False
+
+
+class WorkerGone(Exception):
+    """This worker's row is gone from procrastinate's worker table: it was presumed dead."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +181,83 @@ def conninfo(url: str, *, options: str = "") -> tuple[str, dict[str, Any]]:
     return str(bare.render_as_string(hide_password=False)), ({"options": merged} if merged else {})
 
 
+def _claimed(
+    step_id: str,
+    args: JobArgs,
+    job_id: int,
+    spec: Any,
+    upstream_rows: Sequence[Sequence[Any]],
+    now: datetime,
+    run_created_at: datetime,
+) -> Claimed:
+    """What a worker needs to run a claimed step: its inputs' groups (from the step's spec) and
+    the materializations it reads (in-run upstream rows, plus those outside the run)."""
+    upstream: dict[StepKey, tuple[str | None, str | None]] = {
+        (a, _out(k)): (mat, version) for a, k, mat, version in upstream_rows
+    }
+    spec = spec if isinstance(spec, dict) else json.loads(spec or "{}")
+    for a, k, mat in spec.get("existing", []):
+        upstream.setdefault((a, k), (mat, None))
+    groups = tuple(
+        InputGroup(
+            g["asset"],
+            tuple(g["keys"]),
+            bool(g["many"]),
+            tuple(g.get("missing", ())),
+            g.get("policy", "fail"),
+        )
+        for g in spec.get("groups", [])
+    )
+    planned = PlannedStep(args.asset, args.partition, groups)
+    return Claimed(step_id, args, job_id, planned, upstream, now, run_created_at)
+
+
+# Claim a fetched job's step in one statement: the common case (no limits to check). Whatever was
+# not claimed (a stale job, a cancelled run, the partition running elsewhere) is told apart from
+# the returned row and settled afterwards. Not one statement with the fetch: procrastinate's fetch
+# function sees jobs committed after the calling statement's snapshot, whose reads of the
+# upstream steps would then miss what the hand-off that deferred the job had recorded.
+_CLAIM = """
+WITH step AS (
+    SELECT s.id, s.status, s.job_id, s.spec, s.run_id, r.cancel_requested, r.created_at
+    FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id
+    WHERE s.run_id = %(run)s AND s.asset = %(asset)s AND s.partition_key = %(key)s
+    FOR UPDATE OF s
+), claim AS (
+    INSERT INTO flowstone_step_claims (tenant_id, asset, partition_key, run_id, step_id, job_id,
+        attempt, worker, queue, pool, claimed_at)
+    SELECT %(tenant)s, %(asset)s, %(key)s, step.run_id, step.id, %(job)s, %(attempt)s, %(worker)s,
+        %(queue)s, %(pool)s, %(now)s
+    FROM step WHERE step.job_id = %(job)s AND step.status IN ('queued', 'retrying')
+        AND NOT step.cancel_requested
+    ON CONFLICT DO NOTHING
+    RETURNING step_id
+), started AS (
+    UPDATE flowstone_run_steps s SET status = 'running', started_at = %(now)s
+    FROM claim WHERE s.id = claim.step_id
+), run AS (
+    UPDATE flowstone_runs r SET status = 'running', started_at = COALESCE(r.started_at, %(now)s)
+    WHERE r.id = %(run)s AND r.status IN ('queued', 'waiting_approval') AND EXISTS (SELECT 1 FROM claim)
+), event AS (
+    INSERT INTO flowstone_events (tenant_id, at, type, run_id, asset, partition_key, data)
+    SELECT %(tenant)s, %(now)s, 'step.started', %(run)s, %(asset)s, %(key)s, %(data)s::json FROM claim
+)
+SELECT step.id, step.status, step.job_id, step.spec, step.cancel_requested, step.created_at,
+    EXISTS (SELECT 1 FROM claim),
+    (SELECT coalesce(json_agg(json_build_array(u.asset, u.partition_key, u.materialization_id,
+        m.data_version)), '[]')
+     FROM flowstone_run_step_deps d JOIN flowstone_run_steps u ON u.id = d.upstream_step_id
+     LEFT JOIN flowstone_materializations m ON m.id = u.materialization_id WHERE d.step_id = step.id)
+FROM step
+"""
+
+
 class QueueDB:
     """Transactions of the run queue. One per process; thread-safe (a connection per call)."""
 
-    def __init__(self, engine: Any, pipeline: Pipeline, *, config: QueueConfig) -> None:
+    def __init__(
+        self, engine: Any, pipeline: Pipeline, *, config: QueueConfig, connections: int | None = None
+    ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValidationError(
                 'the queue executor needs a PostgreSQL store (store = "postgresql://..."); '
@@ -190,6 +270,19 @@ class QueueDB:
         self.pipeline = pipeline
         self._pool_limits = {**pipeline.pool_limits, **config.pool_limits}
         self._codes = code_versions(pipeline)
+        # connections: a pool of this size of our own (a worker's), handing connections out
+        # unchecked: a dead one fails its transaction, which ``_retrying`` runs again. Without
+        # it, the store engine's pool, which pings each connection before handing it out.
+        self._pool_size = connections
+        # Limits to check at claim time: claims then take the longer path (advisory locks, counts).
+        self._limited = bool(
+            self._pool_limits
+            or config.queue_limits
+            or config.tenant_limit is not None
+            or config.tenant_limits
+        )
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
 
     @property
     def codes(self) -> Mapping[str, str]:
@@ -197,9 +290,37 @@ class QueueDB:
         return self._codes
 
     # ------------------------------------------------------------------ plumbing
+    def _connections(self) -> Any:
+        with self._pool_lock:
+            if self._pool is None:
+                import psycopg_pool
+
+                info, kwargs = conninfo(self.engine.url.render_as_string(hide_password=False))
+                self._pool = psycopg_pool.ConnectionPool(
+                    info,
+                    kwargs=kwargs,
+                    min_size=1,
+                    max_size=max(1, self._pool_size or 1),
+                    name="flowstone-queue",
+                    open=True,
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Close this QueueDB's own connections (the store engine's stay with the store)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         """A driver cursor inside one transaction: committed on success, rolled back otherwise."""
+        if self._pool_size is not None:
+            # The connection's block commits, or rolls back on an error.
+            with self._connections().connection() as conn, conn.cursor() as cur:
+                yield cur
+            return
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
@@ -233,7 +354,11 @@ class QueueDB:
             ) as exc:
                 last = exc
                 if isinstance(exc, psycopg.OperationalError):
-                    self.engine.pool.dispose()  # its other connections died with this one
+                    # Its other connections most likely died with this one.
+                    if self._pool_size is not None:
+                        self._connections().check()
+                    else:
+                        self.engine.pool.dispose()
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))  # back off: not a test wait
         raise StoreError(f"{what} failed: {last}", original=last, retryable=True)
 
@@ -507,97 +632,195 @@ class QueueDB:
         )
 
     # ------------------------------------------------------------------ claim
+    def fetch(self, *, worker_id: int, queues: Sequence[str] | None, worker: str) -> Claimed | bool:
+        """Take the next ready job (procrastinate's own fetch, highest priority first) and start
+        its step, in one transaction. ``Claimed``: run it. True: a job was taken and settled here
+        (stale, its run cancelled, or deferred again because it must wait). False: none ready.
+
+        Raises ``WorkerGone`` when ``worker_id`` is no longer registered (presumed dead)."""
+        import psycopg
+
+        def work(cur: Any) -> Claimed | bool:
+            try:
+                cur.execute(
+                    "SELECT id, args, queue_name FROM procrastinate_fetch_job_v2(%s::varchar[], %s)",
+                    (list(queues) if queues else None, worker_id),
+                )
+            except psycopg.errors.ForeignKeyViolation as exc:
+                raise WorkerGone(worker_id) from exc
+            row = cur.fetchone()
+            if row is None or row[0] is None:
+                return False
+            job_id, raw, queue = int(row[0]), row[1], row[2]
+            args = JobArgs.from_kwargs(raw if isinstance(raw, dict) else json.loads(raw))
+            outcome: Claimed | Later | None
+            if self._limited:
+                outcome = self._claim(cur, job_id, args, worker)
+            else:
+                outcome = self._claim_fast(cur, job_id, args, worker, queue)
+            if isinstance(outcome, Claimed):
+                outcome.fetched = True
+                return outcome
+            if isinstance(outcome, Later):
+                self._defer_again(cur, job_id, args, outcome.delay)
+            cur.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', true)", (job_id,))
+            return True
+
+        return self._retrying(work, what="fetching a step")
+
+    def _claim_fast(
+        self, cur: Any, job_id: int, args: JobArgs, worker: str, queue: str
+    ) -> Claimed | Later | None:
+        """``_claim`` in one statement (``_CLAIM``) when there are no limits to check."""
+        now = utcnow()
+        key = _key(args.partition)
+        cur.execute(
+            _CLAIM,
+            {
+                "run": args.run,
+                "asset": args.asset,
+                "key": key,
+                "tenant": args.tenant,
+                "job": job_id,
+                "attempt": args.attempt,
+                "worker": worker,
+                "queue": queue,
+                "pool": self._pool_of(args.asset),
+                "now": now,
+                "data": json.dumps({"attempt": args.attempt}) if args.attempt > 1 else None,
+            },
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        step_id, status, owner, spec, cancel, created_at, claimed, upstream = row
+        if claimed:
+            rows = upstream if isinstance(upstream, list) else json.loads(upstream)
+            return _claimed(step_id, args, job_id, spec, rows, now, created_at)
+        if step_id is None or owner != job_id or status not in (_QUEUED, _RETRYING):
+            return None  # a stale job: the step moved on without it
+        if cancel:
+            self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
+            self._unjoin([step_id], cur, args.tenant)
+            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            return None
+        return Later(f"'{args.asset}' [{args.partition}] is running in another run", self.config.backoff)
+
+    def register_worker(self) -> int:
+        """A new row in procrastinate's worker table: the id jobs are fetched under."""
+
+        def work(cur: Any) -> int:
+            cur.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+            return int(cur.fetchone()[0])
+
+        return self._retrying(work, what="registering the worker")
+
+    def heartbeat(self, worker_id: int) -> bool:
+        """Tell the others this worker lives; False when its row is gone (it was presumed dead)."""
+
+        def work(cur: Any) -> bool:
+            cur.execute(
+                "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %s RETURNING id",
+                (worker_id,),
+            )
+            return cur.fetchone() is not None
+
+        return self._retrying(work, what="sending the heartbeat")
+
+    def unregister_worker(self, worker_id: int) -> None:
+        """Remove the worker's row: jobs it still holds lose their worker and are reaped."""
+        self._retrying(
+            lambda cur: cur.execute("SELECT procrastinate_unregister_worker_v1(%s)", (worker_id,)),
+            what="unregistering the worker",
+        )
+
+    def abort_requested(self, job_ids: Sequence[int]) -> set[int]:
+        """Which of these running jobs were asked to stop (their run was cancelled)."""
+        if not job_ids:
+            return set()
+
+        def work(cur: Any) -> set[int]:
+            cur.execute(
+                "SELECT id FROM procrastinate_jobs WHERE id = ANY(%s) AND abort_requested", (list(job_ids),)
+            )
+            return {int(r[0]) for r in cur.fetchall()}
+
+        return self._retrying(work, what="looking for cancelled steps")
+
     def claim(self, job_id: int, args: JobArgs, *, worker: str) -> Claimed | Later | None:
         """Start the step of job ``job_id``: None when the job is stale or the run is cancelled,
         ``Later`` when it must wait (its job is then deferred again, same attempt)."""
-
-        def work(cur: Any) -> Claimed | Later | None:
-            cur.execute(
-                "SELECT s.id, s.status, s.job_id, s.spec, r.cancel_requested, r.created_at"
-                " FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
-                " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s FOR UPDATE OF s",
-                (args.run, args.asset, _key(args.partition)),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return None
-            step_id, status, owner, spec, cancel, created_at = row
-            if owner != job_id or status not in (_QUEUED, _RETRYING):
-                return None  # a stale job: the step moved on without it
-            now = utcnow()
-            if cancel:
-                self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
-                self._unjoin([step_id], cur, args.tenant)
-                self._count_down(cur, args.tenant, {args.run: 1}, now)
-                return None
-            queue = self._queue_of(args.asset)
-            pool = self._pool_of(args.asset)
-            full = self._limits_full(cur, args.tenant, queue, pool)
-            if full is not None:
-                return Later(full, self.config.backoff)
-            cur.execute(
-                "INSERT INTO flowstone_step_claims (tenant_id, asset, partition_key, run_id, step_id,"
-                " job_id, attempt, worker, queue, pool, claimed_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (
-                    args.tenant,
-                    args.asset,
-                    _key(args.partition),
-                    args.run,
-                    step_id,
-                    job_id,
-                    args.attempt,
-                    worker,
-                    queue,
-                    pool,
-                    now,
-                ),
-            )
-            if cur.rowcount == 0:
-                return Later(
-                    f"'{args.asset}' [{args.partition}] is running in another run", self.config.backoff
-                )
-            cur.execute(
-                "UPDATE flowstone_run_steps SET status = 'running', started_at = %s WHERE id = %s",
-                (now, step_id),
-            )
-            cur.execute(
-                "UPDATE flowstone_runs SET status = 'running', started_at = COALESCE(started_at, %s)"
-                " WHERE id = %s AND status IN ('queued', 'waiting_approval')",
-                (now, args.run),
-            )
-            cur.execute(
-                "SELECT u.asset, u.partition_key, u.materialization_id, m.data_version"
-                " FROM flowstone_run_step_deps d JOIN flowstone_run_steps u ON u.id = d.upstream_step_id"
-                " LEFT JOIN flowstone_materializations m ON m.id = u.materialization_id"
-                " WHERE d.step_id = %s",
-                (step_id,),
-            )
-            upstream: dict[StepKey, tuple[str | None, str | None]] = {
-                (a, _out(k)): (mat, version) for a, k, mat, version in cur.fetchall()
-            }
-            spec = spec if isinstance(spec, dict) else json.loads(spec or "{}")
-            for a, k, mat in spec.get("existing", []):
-                upstream.setdefault((a, k), (mat, None))
-            groups = tuple(
-                InputGroup(
-                    g["asset"],
-                    tuple(g["keys"]),
-                    bool(g["many"]),
-                    tuple(g.get("missing", ())),
-                    g.get("policy", "fail"),
-                )
-                for g in spec.get("groups", [])
-            )
-            data = {"attempt": args.attempt} if args.attempt > 1 else None
-            self._event(cur, args.tenant, "step.started", args.run, args.asset, args.partition, data, now)
-            planned = PlannedStep(args.asset, args.partition, groups)
-            return Claimed(step_id, args, job_id, planned, upstream, now, created_at)
-
-        outcome = self._retrying(work, what=f"starting '{args.asset}'")
+        outcome = self._retrying(
+            lambda cur: self._claim(cur, job_id, args, worker), what=f"starting '{args.asset}'"
+        )
         if isinstance(outcome, Later):
             self.defer_again(job_id, args, outcome.delay)
         return outcome
+
+    def _claim(self, cur: Any, job_id: int, args: JobArgs, worker: str) -> Claimed | Later | None:
+        cur.execute(
+            "SELECT s.id, s.status, s.job_id, s.spec, r.cancel_requested, r.created_at"
+            " FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
+            " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s FOR UPDATE OF s",
+            (args.run, args.asset, _key(args.partition)),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        step_id, status, owner, spec, cancel, created_at = row
+        if owner != job_id or status not in (_QUEUED, _RETRYING):
+            return None  # a stale job: the step moved on without it
+        now = utcnow()
+        if cancel:
+            self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
+            self._unjoin([step_id], cur, args.tenant)
+            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            return None
+        queue = self._queue_of(args.asset)
+        pool = self._pool_of(args.asset)
+        full = self._limits_full(cur, args.tenant, queue, pool)
+        if full is not None:
+            return Later(full, self.config.backoff)
+        cur.execute(
+            "INSERT INTO flowstone_step_claims (tenant_id, asset, partition_key, run_id, step_id,"
+            " job_id, attempt, worker, queue, pool, claimed_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (
+                args.tenant,
+                args.asset,
+                _key(args.partition),
+                args.run,
+                step_id,
+                job_id,
+                args.attempt,
+                worker,
+                queue,
+                pool,
+                now,
+            ),
+        )
+        if cur.rowcount == 0:
+            return Later(f"'{args.asset}' [{args.partition}] is running in another run", self.config.backoff)
+        cur.execute(
+            "UPDATE flowstone_run_steps SET status = 'running', started_at = %s WHERE id = %s",
+            (now, step_id),
+        )
+        cur.execute(
+            "UPDATE flowstone_runs SET status = 'running', started_at = COALESCE(started_at, %s)"
+            " WHERE id = %s AND status IN ('queued', 'waiting_approval')",
+            (now, args.run),
+        )
+        cur.execute(
+            "SELECT u.asset, u.partition_key, u.materialization_id, m.data_version"
+            " FROM flowstone_run_step_deps d JOIN flowstone_run_steps u ON u.id = d.upstream_step_id"
+            " LEFT JOIN flowstone_materializations m ON m.id = u.materialization_id"
+            " WHERE d.step_id = %s",
+            (step_id,),
+        )
+        upstream = cur.fetchall()
+        data = {"attempt": args.attempt} if args.attempt > 1 else None
+        self._event(cur, args.tenant, "step.started", args.run, args.asset, args.partition, data, now)
+        return _claimed(step_id, args, job_id, spec, upstream, now, created_at)
 
     def _queue_of(self, asset: str) -> str:
         definition = self.pipeline.assets.get(asset)
@@ -629,33 +852,38 @@ class QueueDB:
     def defer_again(self, job_id: int, args: JobArgs, delay: float, *, attempt: int | None = None) -> bool:
         """Hand the step to a new job ``delay`` seconds from now (same attempt unless given)."""
 
-        def work(cur: Any) -> bool:
-            # Only a step still waiting for this job: one cancelled meanwhile stays cancelled.
-            cur.execute(
-                "SELECT s.id, r.priority FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
-                " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s AND s.job_id = %s"
-                " AND s.status IN ('queued', 'retrying') FOR UPDATE OF s",
-                (args.run, args.asset, _key(args.partition), job_id),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return False
-            step_id, priority = row
-            jitter = delay * (0.75 + random.random() / 2)
-            item = _ToEnqueue(
-                step_id,
-                args.run,
-                args.asset,
-                _key(args.partition),
-                attempt or args.attempt,
-                priority,
-                self._queue_of(args.asset),
-                jitter,
-            )
-            self._defer(cur, args.tenant, [item], {args.asset: args.code})
-            return True
+        return self._retrying(
+            lambda cur: self._defer_again(cur, job_id, args, delay, attempt=attempt),
+            what=f"deferring '{args.asset}' again",
+        )
 
-        return self._retrying(work, what=f"deferring '{args.asset}' again")
+    def _defer_again(
+        self, cur: Any, job_id: int, args: JobArgs, delay: float, *, attempt: int | None = None
+    ) -> bool:
+        # Only a step still waiting for this job: one cancelled meanwhile stays cancelled.
+        cur.execute(
+            "SELECT s.id, r.priority FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id"
+            " WHERE s.run_id = %s AND s.asset = %s AND s.partition_key = %s AND s.job_id = %s"
+            " AND s.status IN ('queued', 'retrying') FOR UPDATE OF s",
+            (args.run, args.asset, _key(args.partition), job_id),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return False
+        step_id, priority = row
+        jitter = delay * (0.75 + random.random() / 2)
+        item = _ToEnqueue(
+            step_id,
+            args.run,
+            args.asset,
+            _key(args.partition),
+            attempt or args.attempt,
+            priority,
+            self._queue_of(args.asset),
+            jitter,
+        )
+        self._defer(cur, args.tenant, [item], {args.asset: args.code})
+        return True
 
     # ------------------------------------------------------------------ finish
     def finish(self, claimed: Claimed, outcome: Finish) -> bool:
@@ -674,6 +902,9 @@ class QueueDB:
                 return False
             _status, _owner, cancel, priority = row
             now = utcnow()
+            if claimed.fetched:
+                # The job ends with its step's record (a retry or hand-off is a new job).
+                cur.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', true)", (claimed.job_id,))
             cur.execute(
                 "DELETE FROM flowstone_step_claims WHERE tenant_id = %s AND asset = %s"
                 " AND partition_key = %s AND step_id = %s",

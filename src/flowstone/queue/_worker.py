@@ -1,23 +1,32 @@
 """``flowstone worker``: pick up queue steps and run them, on any host that reaches the store.
 
-One procrastinate worker per process runs up to ``concurrency`` steps at a time (each on a
-thread: asset functions are ordinary blocking code). Per job it:
+Jobs live in procrastinate's job table and are taken with its own SQL functions (fetch, finish,
+worker registration and heartbeats), but the loop is ours: ``concurrency`` threads (asset
+functions are ordinary blocking code), each on its own connection, repeat
 
-1. claims the step (``QueueDB.claim``): the database refuses a second running copy of the same
-   (tenant, asset, partition) and enforces pool, queue and tenant limits;
-2. computes it exactly as the local executors do (``engine._runner._compute``: load inputs,
-   call the asset, store the value through its I/O manager);
-3. records the outcome and hands off to the downstream steps in one transaction
-   (``QueueDB.finish``) — only after the value is stored.
+1. **fetch and claim** in one transaction (``QueueDB.fetch``): procrastinate's fetch takes the
+   highest-priority ready job, and the step is claimed with it: the database refuses a second
+   running copy of the same (tenant, asset, partition) and enforces pool, queue and tenant
+   limits;
+2. **compute** exactly as the local executors do (``engine._runner._compute``: load inputs, call
+   the asset, store the value through its I/O manager);
+3. **finish** in one transaction (``QueueDB.finish``), only after the value is stored: the
+   outcome, the hand-off to the downstream steps (their jobs are deferred there) and the end of
+   the job itself commit together.
 
-Housekeeping runs inside every worker, on a thread: steps of workers that stopped sending
-heartbeats are handed to a new job (``reap``), and finished jobs are pruned (``prune_jobs``).
-Resources are set up once per worker process and torn down when it stops.
+procrastinate's own asyncio worker costs about as much per job as our bookkeeping does (an event
+loop hop, a thread hop, two more transactions); fetching and finishing inside our transactions
+also closes the window where a step was recorded but its job was not.
+
+Idle threads sleep until a job is deferred (LISTEN on procrastinate's channels, one thread
+woken per new job) or a poll interval passes (delayed retries). Around them: a pulse thread
+(heartbeats; steps whose run was cancelled are asked to stop) and housekeeping (steps of workers
+that stopped sending heartbeats are handed to a new job by ``reap``, finished jobs pruned,
+checkpoint timeouts). Resources are set up once per worker process and torn down when it stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -30,7 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flowstone._context import Context
-from flowstone._errors import DependencyNotReady, ExecutionError, FlowStoneError, ValidationError
+from flowstone._errors import DependencyNotReady, ExecutionError, FlowStoneError, StoreError, ValidationError
 from flowstone._events import STEP_FAILED, STEP_RETRYING, STEP_SUCCEEDED, Event
 from flowstone._ids import new_id
 from flowstone._retry import next_delay
@@ -46,8 +55,8 @@ from flowstone.engine._runner import (
     build_materialization,
 )
 from flowstone.io._base import UpstreamVersion
-from flowstone.queue._config import DEFAULT_QUEUE, TASK_NAME, QueueConfig
-from flowstone.queue._db import ApprovalToOpen, Claimed, Finish, JobArgs, QueueDB, conninfo
+from flowstone.queue._config import DEFAULT_QUEUE, QueueConfig
+from flowstone.queue._db import ApprovalToOpen, Claimed, Finish, QueueDB, WorkerGone, conninfo
 from flowstone.store._store import HOST, utcnow
 from flowstone.store._writer import StepOutcome, StepRows
 
@@ -58,33 +67,58 @@ _log = logging.getLogger("flowstone.worker")
 
 
 class _Running:
-    """Contexts of the steps this worker runs, to ask them to stop when their run is cancelled."""
+    """Steps this worker runs, by job id: a stop flag and their contexts, so that a cancel of
+    their run reaches them (``context.should_stop``; ``--isolate`` terminates the process)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[int, tuple[Any, list[Context]]] = {}
+        self._jobs: dict[int, tuple[threading.Event, list[Context]]] = {}
 
-    def add(self, job_id: int, should_abort: Any) -> list[Context]:
-        contexts: list[Context] = []
+    def add(self, job_id: int) -> tuple[threading.Event, list[Context]]:
+        entry: tuple[threading.Event, list[Context]] = (threading.Event(), [])
         with self._lock:
-            self._jobs[job_id] = (should_abort, contexts)
-        return contexts
+            self._jobs[job_id] = entry
+        return entry
 
     def remove(self, job_id: int) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def check(self) -> None:
+    def ids(self) -> list[int]:
         with self._lock:
-            jobs = list(self._jobs.values())
-        for should_abort, contexts in jobs:
-            try:
-                abort = bool(should_abort())
-            except Exception:  # the job finished meanwhile
-                continue
-            if abort:
-                for context in contexts:
-                    context._request_stop("its run was cancelled")
+            return list(self._jobs)
+
+    def stop(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            entries = [self._jobs[j] for j in job_ids if j in self._jobs]
+        for flag, contexts in entries:
+            flag.set()
+            for context in list(contexts):
+                context._request_stop("its run was cancelled")
+
+
+class _Wakeup:
+    """Where idle step threads sleep. A generation count closes the gap between a fetch that
+    found nothing and the wait: a job deferred in between is not slept through."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.generation = 0
+
+    def notify(self, count: int = 1) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify(count)
+
+    def notify_all(self) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._cond:
+            if self.generation == seen:
+                self._cond.wait(timeout)
 
 
 class Worker:
@@ -107,7 +141,10 @@ class Worker:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.queues = list(queues) if queues else None
         self.name = name or f"{HOST}:{os.getpid()}"
-        self.db = QueueDB(app.store.engine, app.pipeline, config=self.config)
+        # A connection per step thread, plus the pulse's and housekeeping's.
+        self.db = QueueDB(
+            app.store.engine, app.pipeline, config=self.config, connections=self.concurrency + 2
+        )
         self.codes = self.db.codes  # computed once (it reads every asset's source)
         from flowstone.resources._runtime import RunResources
 
@@ -118,39 +155,47 @@ class Worker:
             ProcessStepExecutor(self.concurrency) if isolate else None
         )
         self._stop = threading.Event()
-        self._procrastinate: Any = None
-        self._worker_task: asyncio.Task[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = _Wakeup()
+        self._worker_id: int | None = None
+        self._id_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> None:
-        """Block, running steps, until stopped."""
-        import procrastinate
-
+        """Block, running steps, until stopped (SIGINT/SIGTERM in the main thread, or
+        :meth:`stop`); steps that are running then finish first."""
         self.db.ensure_schema()
-        # The job table's own writes (fetch, finish) need no disk flush: a job whose finish is
-        # lost in a database crash runs again and finds its step already recorded.
-        info, kwargs = conninfo(
-            self.app.store.engine.url.render_as_string(hide_password=False),
-            options="-c synchronous_commit=off",
-        )
-        connector = _connector(info, kwargs, self._stop)
-        papp = procrastinate.App(connector=connector)
-        worker = self
-
-        @papp.task(name=TASK_NAME, pass_context=True)
-        def run_step(context: Any, /, **kwargs: Any) -> None:
-            worker.run_job(int(context.job.id), kwargs, context.should_abort)
-
-        self._procrastinate = papp
-        keeper = threading.Thread(target=self._housekeeping, name="flowstone-housekeeping", daemon=True)
-        keeper.start()
+        self._worker_id = self.db.register_worker()
+        helpers = [
+            threading.Thread(target=self._listen, name="flowstone-listen", daemon=True),
+            threading.Thread(target=self._pulse, name="flowstone-pulse", daemon=True),
+            threading.Thread(target=self._housekeeping, name="flowstone-housekeeping", daemon=True),
+        ]
+        steppers = [
+            threading.Thread(target=self._step_loop, name=f"flowstone-step-{i}")
+            for i in range(self.concurrency)
+        ]
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda _signum, _frame: self.stop())
         _log.info("worker %s started (concurrency %d, queues %s)", self.name, self.concurrency, self.queues)
         try:
-            asyncio.run(self._run_async(papp))
+            for thread in (*helpers, *steppers):
+                thread.start()
+            self._stop.wait()
+            for thread in steppers:
+                thread.join()
         finally:
-            self._stop.set()
-            keeper.join(timeout=10)
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for thread in helpers:
+                if thread.is_alive():
+                    thread.join(timeout=10)
+            with contextlib.suppress(Exception):
+                # Jobs still held (a finish the store refused) lose their worker: reaped.
+                self.db.unregister_worker(self._worker_id)
+            self.db.close()
             if self._processes is not None:
                 self._processes.shutdown()
             self.resources.teardown()
@@ -160,61 +205,95 @@ class Worker:
                     with contextlib.suppress(Exception):
                         close()
 
-    async def _run_async(self, papp: Any) -> None:
-        from procrastinate.exceptions import ConnectorException
-
-        self._loop = asyncio.get_running_loop()
-        async with papp.open_async():
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, self.stop)
-            while not self._stop.is_set():
-                self._worker_task = asyncio.ensure_future(
-                    papp.run_worker_async(
-                        queues=self.queues,
-                        name=self.name,
-                        concurrency=self.concurrency,
-                        wait=True,
-                        listen_notify=True,
-                        fetch_job_polling_interval=1.0,
-                        abort_job_polling_interval=0.5,
-                        install_signal_handlers=False,
-                        update_heartbeat_interval=self.config.heartbeat_every,
-                        stalled_worker_timeout=self.config.stalled_after,
-                        delete_jobs="successful",
-                    )
-                )
-                try:
-                    await self._worker_task
-                    return
-                except asyncio.CancelledError:
-                    return
-                except ConnectorException as exc:
-                    if self._stop.is_set():
-                        return
-                    # The job loop ended on a database error it could not ride out, e.g. this
-                    # worker was presumed dead (no heartbeat for stalled_after: its row is gone,
-                    # so every fetch fails on the foreign key). Start again as a new worker.
-                    _log.warning(
-                        "worker %s: the job loop stopped on a database error (%s); starting it again",
-                        self.name,
-                        exc.__cause__ or exc,
-                    )
-                    await asyncio.sleep(0.5 + random.random())
-
     def stop(self) -> None:
         """Stop fetching steps; running ones finish first."""
         self._stop.set()
-        task, loop = self._worker_task, self._loop
-        if task is not None and loop is not None and not task.done():
-            loop.call_soon_threadsafe(task.cancel)
+        self._wake.notify_all()
+
+    def _current_id(self) -> int:
+        assert self._worker_id is not None
+        return self._worker_id
+
+    def _register_again(self, gone: int) -> None:
+        """This worker was presumed dead (no heartbeat for ``stalled_after``: its row is gone and
+        its steps were handed on). It goes on as a new worker."""
+        with self._id_lock:
+            if self._worker_id == gone:
+                self._worker_id = self.db.register_worker()
+                _log.warning(
+                    "worker %s was presumed dead by the others; registered again (id %s)",
+                    self.name,
+                    self._worker_id,
+                )
+
+    def _step_loop(self) -> None:
+        while not self._stop.is_set():
+            seen = self._wake.generation
+            try:
+                got = self.db.fetch(worker_id=self._current_id(), queues=self.queues, worker=self.name)
+            except WorkerGone as gone:
+                with contextlib.suppress(Exception):
+                    self._register_again(int(gone.args[0]))
+                continue
+            except Exception:
+                _log.exception("worker %s: fetching a step failed; trying again", self.name)
+                self._stop.wait(0.5 + random.random())
+                continue
+            if got is False:
+                self._wake.wait(seen, self.config.poll_every)
+            elif isinstance(got, Claimed):
+                self.run_claimed(got)
+
+    def _listen(self) -> None:
+        """LISTEN on procrastinate's channels: wake one idle step thread per deferred job."""
+        import psycopg
+        from psycopg import sql
+
+        info, kwargs = conninfo(self.app.store.engine.url.render_as_string(hide_password=False))
+        channels = (
+            [f"procrastinate_queue_v1#{q}" for q in self.queues]
+            if self.queues
+            else ["procrastinate_any_queue_v1"]
+        )
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(info, autocommit=True, **kwargs) as conn:
+                    for channel in channels:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self._wake.notify_all()  # jobs deferred while nobody listened
+                    delay = 0.0
+                    while not self._stop.is_set():
+                        for _note in conn.notifies(timeout=0.5):
+                            self._wake.notify(1)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return
+                _log.warning("worker %s: lost the LISTEN connection (%s); connecting again", self.name, exc)
+                self._stop.wait(delay)
+                delay = min(1.0, max(0.05, delay * 2))
+
+    def _pulse(self) -> None:
+        """Heartbeats, and stop requests for the steps whose run was cancelled."""
+        beat_every = self.config.heartbeat_every
+        next_beat = time.monotonic() + beat_every
+        while not self._stop.wait(min(0.5, beat_every)):
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + beat_every
+                    worker_id = self._current_id()
+                    if not self.db.heartbeat(worker_id):
+                        self._register_again(worker_id)
+                running = self._running.ids()
+                if running:
+                    self._running.stop(self.db.abort_requested(running))
+            except Exception:
+                _log.exception("worker %s: heartbeat failed; trying again", self.name)
 
     def _housekeeping(self) -> None:
         next_prune = time.monotonic()
         while not self._stop.wait(self.config.reap_every * (0.75 + random.random() / 2)):
             try:
-                self._running.check()
                 for asset, key in self.db.reap(
                     stalled_after=self.config.stalled_after, max_attempts=self._max_attempts
                 ):
@@ -237,14 +316,12 @@ class Worker:
         return max(3, policy.max_attempts) if policy else 3
 
     # ------------------------------------------------------------------ one job
-    def run_job(self, job_id: int, kwargs: dict[str, Any], should_abort: Any = None) -> None:
-        args = JobArgs.from_kwargs(kwargs)
-        claimed = self.db.claim(job_id, args, worker=self.name)
-        if not isinstance(claimed, Claimed):
-            return
-        contexts = self._running.add(job_id, should_abort or (lambda: False))
+    def run_claimed(self, claimed: Claimed) -> None:
+        """Compute a claimed step and record its outcome."""
+        args = claimed.args
+        flag, contexts = self._running.add(claimed.job_id)
         try:
-            self._run_claimed(claimed, contexts, should_abort)
+            self._run_claimed(claimed, contexts, flag.is_set)
         except BaseException as exc:  # SystemExit from an asset, a bug here: not a stuck step
             _log.exception("step '%s' [%s] of run %s crashed", args.asset, args.partition, args.run)
             crashed = ExecutionError(
@@ -258,7 +335,24 @@ class Worker:
             if not isinstance(exc, (Exception, SystemExit)):
                 raise
         finally:
-            self._running.remove(job_id)
+            self._running.remove(claimed.job_id)
+
+    def _finish(self, claimed: Claimed, finish: Finish) -> bool:
+        """``QueueDB.finish``, again and again while the store is unreachable (the value is
+        stored; recording it is all that is left), unless the worker is stopping: its job then
+        loses its worker and is reaped."""
+        delay = 0.5
+        while True:
+            try:
+                return self.db.finish(claimed, finish)
+            except StoreError:
+                if self._stop.is_set():
+                    raise
+                _log.exception(
+                    "worker %s: recording '%s' failed; trying again", self.name, claimed.args.asset
+                )
+                self._stop.wait(delay)
+                delay = min(5.0, delay * 2)
 
     def _env(self, tenant: str, contexts: list[Context]) -> RunEnv:
         app = self.app
@@ -389,7 +483,7 @@ class Worker:
                 approval_type=fields.approval_type,
                 now=fields.now,
             )
-            if self.db.finish(claimed, Finish(rows, False, approval=approval)):
+            if self._finish(claimed, Finish(rows, False, approval=approval)):
                 from flowstone.checkpoints._api import _notify
 
                 event = Event(
@@ -486,7 +580,7 @@ class Worker:
                 )
                 rows.finish_step(tenant=args.tenant, outcome=StepOutcome(claimed.step_id, mat, (), event))
                 finish = Finish(rows, False, error=error, materialization_id=mat.id)
-        if self.db.finish(claimed, finish):
+        if self._finish(claimed, finish):
             self.app.events.emit(event)
         else:
             _log.warning(
@@ -556,59 +650,7 @@ class Worker:
         )
         event = Event(STEP_FAILED, now, args.run, args.asset, args.partition, {"error": error.to_dict()})
         rows.calls.append(("event", [rows._event(args.tenant, event)]))
-        self.db.finish(claimed, Finish(rows, False, error=error))
-
-
-def _connector(info: str, kwargs: dict[str, Any], stopping: threading.Event) -> Any:
-    """procrastinate's connector, made to ride out a lost database connection.
-
-    - Its pool hands connections out unchecked: psycopg_pool's check waits 1 s, 2 s, 4 s ...
-      after each dead connection, so once every pooled connection died at once (a cut, a
-      restart of the server) the next heartbeat or fetch could wait up to 15 s, longer than a
-      short stalled_after.
-    - A query that fails because its connection is lost is tried again (at once, then backing
-      off up to 1 s) until it gets through or the worker stops: the pool drops the dead
-      connection when it comes back. procrastinate's own loops die at the first error: the
-      fetch loop ends the worker, the heartbeat task dies silently (and the worker is then
-      reaped while alive).
-    """
-    import procrastinate
-    import psycopg
-    import psycopg_pool
-
-    async def autocommit(conn: Any) -> None:
-        await conn.set_autocommit(True)
-
-    def pool(**options: Any) -> Any:
-        options["check"] = None
-        # Each of procrastinate's calls is one statement: in autocommit it costs no BEGIN and
-        # no COMMIT round trip (fetch and finish: four per step).
-        options["configure"] = autocommit
-        return psycopg_pool.AsyncConnectionPool(**options)
-
-    class Connector(procrastinate.PsycopgConnector):
-        async def _again(self, call: Any, query: Any, arguments: dict[str, Any]) -> Any:
-            delay = 0.0
-            while True:
-                try:
-                    return await call(query, **arguments)
-                except procrastinate.exceptions.ConnectorException as exc:
-                    if stopping.is_set() or not isinstance(exc.__cause__, psycopg.OperationalError):
-                        raise
-                    _log.warning("lost the database connection (%s); trying again", exc.__cause__)
-                await asyncio.sleep(delay)
-                delay = min(1.0, max(0.05, delay * 2))
-
-        async def execute_query_async(self, query: Any, **arguments: Any) -> Any:
-            return await self._again(super().execute_query_async, query, arguments)
-
-        async def execute_query_one_async(self, query: Any, **arguments: Any) -> Any:
-            return await self._again(super().execute_query_one_async, query, arguments)
-
-        async def execute_query_all_async(self, query: Any, **arguments: Any) -> Any:
-            return await self._again(super().execute_query_all_async, query, arguments)
-
-    return Connector(conninfo=info, kwargs=kwargs, pool_factory=pool)
+        self._finish(claimed, Finish(rows, False, error=error))
 
 
 __all__ = ["DEFAULT_QUEUE", "Worker"]

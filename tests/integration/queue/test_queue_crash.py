@@ -120,9 +120,9 @@ def after(context, held):
     return held["base"] + "!"
 """
 
-# The worker records ``recorded``'s success (QueueDB.finish commits), then stops before
-# procrastinate marks the job done: the window between our commit and procrastinate's. The hold
-# is fault injection in the worker process only (never in the test process that imports pipe.py).
+# The worker records ``recorded``'s success (QueueDB.finish commits, ending the job in the same
+# transaction), then stops before it returns. The hold is fault injection in the worker process
+# only (never in the test process that imports pipe.py).
 AFTER_RECORD = """
 import os
 import sys
@@ -352,9 +352,10 @@ def test_a_value_stored_by_a_killed_worker_is_not_recorded_and_the_success_has_i
 def test_a_worker_killed_after_recording_a_success_does_not_get_the_step_run_again(
     queue_project: Callable[..., QueueProject],
 ) -> None:
-    """Killed between QueueDB.finish's commit and procrastinate's own job update: the job is
-    still 'doing' for a dead worker, but its step already succeeded. Reaping must not hand a
-    finished step to a new job (a second success, the run counted down twice)."""
+    """Killed right after QueueDB.finish committed: the job ended in that same transaction, so
+    there is no window where the step is recorded but its job still held by a dead worker.
+    Nothing may hand the finished step to a new job (a second success, the run counted down
+    twice)."""
     project = queue_project(AFTER_RECORD)
     app = project.app()
     run_id = app.submit(["downstream"])
@@ -365,7 +366,7 @@ def test_a_worker_killed_after_recording_a_success_does_not_get_the_step_run_aga
         app, "SELECT job_id FROM flowstone_run_steps WHERE run_id = :run AND asset = 'recorded'", run=run_id
     )[0]
     assert [(m[0], m[2]) for m in _materializations(app, run_id)] == [("recorded", "success")]
-    assert pg_rows(app, "SELECT status FROM procrastinate_jobs WHERE id = :j", j=job_id)[0][0] == "doing"
+    assert pg_rows(app, "SELECT status FROM procrastinate_jobs WHERE id = :j", j=job_id) == []
     _kill(first)
     (project.root / "release").touch()
     second = project.start_worker("--concurrency", "2", "--name", "worker-b")
@@ -374,12 +375,11 @@ def test_a_worker_killed_after_recording_a_success_does_not_get_the_step_run_aga
     assert record.status is fs.RunStatus.SUCCEEDED, project.logs()
 
     def reaped_and_drained() -> bool:
-        """The dead worker's job was reaped (it stays 'doing' until then) and no job is left."""
+        """No job is left (none held by the dead worker, none handed on)."""
         rows = pg_rows(app, "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
         return rows[0][0] == 0
 
-    # The dead worker's job is found (after stalled_after) and settled; whatever it causes runs.
-    wait_until(reaped_and_drained, timeout=STALLED_AFTER + 15, what="the dead worker's job to be reaped")
+    wait_until(reaped_and_drained, timeout=STALLED_AFTER + 15, what="the queue to drain")
     mats = _materializations(app, run_id)
     assert [(m[0], m[2]) for m in mats] == [("downstream", "success"), ("recorded", "success")], mats
     assert app.load("downstream") == [first.pid, second.pid]
@@ -435,7 +435,7 @@ def _backends(app: fs.FlowStone, application_name: str) -> int:
 
 
 def _worker_with_own_connections(project: QueueProject) -> tuple[subprocess.Popen[bytes], str]:
-    """A worker whose every connection (the SQLAlchemy pool, procrastinate's pool and its LISTEN
+    """A worker whose every connection (the store's pool, the queue's pool and its LISTEN
     connection) carries its own application name, through libpq's PGAPPNAME."""
     name = f"flowstone-worker-{uuid.uuid4().hex[:12]}"
     return project.start_worker("--concurrency", "2", env={"PGAPPNAME": name}), name
@@ -498,14 +498,8 @@ def test_a_worker_whose_idle_connections_are_terminated_reconnects_and_carries_o
     queue_project: Callable[..., QueueProject],
 ) -> None:
     """An idle worker loses every database connection at once (pg_terminate_backend): its pools
-    and its LISTEN connection reconnect, and it carries out the next run.
-
-    With the default timings (stalled_after 30s): psycopg_pool checks a pooled connection before
-    handing it out and waits 1 s, 2 s, 4 s ... after each dead one, so with its 4 pooled
-    connections dead procrastinate's next heartbeat or fetch can wait up to 15 s. With a short
-    stalled_after (the 3 s of the other tests) that delay makes the worker miss its heartbeats:
-    its own housekeeping reaps it while it is alive, and its next fetch fails on the worker_id
-    foreign key, which ends the process (about one time in two here). See the report."""
+    and its LISTEN connection reconnect, and it carries out the next run (default timings:
+    stalled_after 30s)."""
     project = queue_project(SIMPLE, queue_toml="")
     app = project.app()
     worker, name = _worker_with_own_connections(project)
@@ -536,7 +530,7 @@ def test_a_worker_cut_off_while_sending_a_heartbeat_keeps_sending_them(
     app = project.app()
     worker, name = _worker_with_own_connections(project)
     _first_run(app, project, worker, name)
-    with _blocking(app, "SELECT id FROM procrastinate_workers FOR UPDATE", name, "update_heartbeat"):
+    with _blocking(app, "SELECT id FROM procrastinate_workers FOR UPDATE", name, "SET last_heartbeat"):
         assert _terminate(app, name, idle_only=False) >= 2
         (cut_at,) = pg_rows(app, "SELECT clock_timestamp()")[0]
     # Heartbeats come every stalled_after / 4: one must come after the cut, well within stalled_after.
