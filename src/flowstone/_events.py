@@ -9,6 +9,7 @@ is logged and never breaks a run::
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,13 +55,46 @@ class Event:
 
 
 Subscriber = Callable[[Event], None]
+Entry = tuple[Subscriber, frozenset[str]]
+
+# Routes are cached for at most this many event types (types are a fixed set in practice).
+_MAX_ROUTES = 256
+
+
+class _Subscriptions:
+    """One immutable snapshot of a bus's subscribers, and which of them take each event type.
+
+    A bus replaces its snapshot, never mutates it: ``emit`` needs no lock, and a route computed
+    while another thread subscribes lands in the old snapshot, never in the new one.
+    """
+
+    __slots__ = ("entries", "routes", "unwanted")
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        # Types every subscriber skips: ``wants`` is one set lookup per call.
+        skipped = [excluded for _, excluded in entries]
+        self.unwanted: frozenset[str] = frozenset.intersection(*skipped) if skipped else frozenset()
+        self.routes: dict[str, tuple[Subscriber, ...]] = {}
+
+    def route(self, event_type: str) -> tuple[Subscriber, ...]:
+        """The subscribers taking ``event_type``, in subscription order (cached per type)."""
+        subscribers = self.routes.get(event_type)
+        if subscribers is None:
+            subscribers = tuple(s for s, excluded in self.entries if event_type not in excluded)
+            if len(self.routes) < _MAX_ROUTES:
+                self.routes[event_type] = subscribers
+        return subscribers
 
 
 class EventBus:
     def __init__(self) -> None:
-        # (subscriber, the event types it skips); replaced, never mutated, so emit needs no lock
-        self._entries: list[tuple[Subscriber, frozenset[str]]] = []
-        self._unwanted: frozenset[str] = frozenset()
+        self._subscriptions = _Subscriptions([])
+
+    @property
+    def _entries(self) -> list[Entry]:
+        """(subscriber, the event types it skips), in subscription order."""
+        return self._subscriptions.entries
 
     def subscribe(self, subscriber: Subscriber, *, exclude: Iterable[str] = ()) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it again.
@@ -69,33 +103,33 @@ class EventBus:
         engine does not even build those events (I/O events are a few per step).
         """
         entry = (subscriber, frozenset(exclude))
-        self._set([*self._entries, entry])
+        with _SUBSCRIBING:
+            self._subscriptions = _Subscriptions([*self._entries, entry])
 
         def unsubscribe() -> None:
-            self._set([e for e in self._entries if e is not entry])
+            with _SUBSCRIBING:
+                self._subscriptions = _Subscriptions([e for e in self._entries if e is not entry])
 
         return unsubscribe
-
-    def _set(self, entries: list[tuple[Subscriber, frozenset[str]]]) -> None:
-        self._entries = entries
-        # Types every subscriber skips: ``wants`` is one set lookup per call.
-        skipped = [excluded for _, excluded in entries]
-        self._unwanted = frozenset.intersection(*skipped) if skipped else frozenset()
 
     @property
     def has_subscribers(self) -> bool:
         """False when nobody listens: callers may skip building an event at all."""
-        return bool(self._entries)
+        return bool(self._subscriptions.entries)
 
     def wants(self, event_type: str) -> bool:
         """True when some subscriber takes events of ``event_type``."""
-        return bool(self._entries) and event_type not in self._unwanted
+        subscriptions = self._subscriptions
+        return bool(subscriptions.entries) and event_type not in subscriptions.unwanted
 
     def emit(self, event: Event) -> None:
-        for subscriber, excluded in self._entries:
-            if event.type in excluded:
-                continue
+        """Hand ``event`` to every subscriber taking its type, on this thread, in order."""
+        for subscriber in self._subscriptions.route(event.type):
             try:
                 subscriber(event)
             except Exception:  # a broken subscriber must not fail the run it observes
                 _log.exception("event subscriber %r failed on %s", subscriber, event.type)
+
+
+# Serializes subscribe/unsubscribe (rare), so two at once never lose one another's change.
+_SUBSCRIBING = threading.Lock()

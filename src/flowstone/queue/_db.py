@@ -252,6 +252,54 @@ FROM step
 """
 
 
+# Finish's first statement: lock the step and check that this job still owns it; if it does,
+# release its claim and end its job (the job ends with its step's record: a retry or a hand-off is
+# a new job). Also locks and returns the steps of other runs that joined it.
+_FENCE = """
+WITH step AS (
+    SELECT s.id, s.status, s.job_id, r.cancel_requested, r.priority
+    FROM flowstone_run_steps s JOIN flowstone_runs r ON r.id = s.run_id
+    WHERE s.id = %(step)s FOR UPDATE OF s
+), owned AS (
+    SELECT id FROM step WHERE status = 'running' AND job_id = %(job)s
+), released AS (
+    DELETE FROM flowstone_step_claims c USING owned WHERE c.tenant_id = %(tenant)s
+        AND c.asset = %(asset)s AND c.partition_key = %(key)s AND c.step_id = owned.id
+), ended AS (
+    DELETE FROM procrastinate_jobs j USING owned
+    WHERE %(end_job)s AND j.id = %(job)s AND j.status IN ('todo', 'doing')
+), followers AS MATERIALIZED (
+    SELECT f.id, f.run_id, f.asset, f.partition_key FROM flowstone_run_steps f, owned
+    WHERE f.coalesced_into = owned.id AND f.status = 'queued' ORDER BY f.id FOR UPDATE OF f
+)
+SELECT step.status, step.job_id, step.cancel_requested, step.priority,
+    (SELECT coalesce(json_agg(json_build_array(id, run_id, asset, partition_key)), '[]') FROM followers)
+FROM step
+"""
+
+# Count down the steps waiting for the given (finished) steps, locked in id order; returns each
+# with its new count, its run's cancel flag and priority, and whether another run has a queued
+# step for the same partition it might join.
+_RELEASE = """
+WITH d AS (
+    SELECT step_id, count(*) AS n FROM flowstone_run_step_deps WHERE upstream_step_id = ANY(%s)
+    GROUP BY step_id
+), locked AS MATERIALIZED (
+    SELECT s.id FROM flowstone_run_steps s
+    WHERE s.id IN (SELECT step_id FROM flowstone_run_step_deps WHERE upstream_step_id = ANY(%s))
+    ORDER BY s.id FOR UPDATE
+)
+UPDATE flowstone_run_steps s SET waiting = s.waiting - d.n
+FROM d, locked, flowstone_runs r
+WHERE s.id = d.step_id AND locked.id = s.id AND r.id = s.run_id
+RETURNING s.id, s.run_id, s.asset, s.partition_key, s.waiting, s.status, s.spec->>'code',
+    r.cancel_requested, r.priority,
+    s.waiting <= 0 AND EXISTS (SELECT 1 FROM flowstone_run_steps o WHERE o.tenant_id = %s
+        AND o.asset = s.asset AND o.partition_key = s.partition_key AND o.status = 'queued'
+        AND o.run_id <> s.run_id)
+"""
+
+
 class QueueDB:
     """Transactions of the run queue. One per process; thread-safe (a connection per call)."""
 
@@ -542,9 +590,21 @@ class QueueDB:
             ),
         )
 
-    def _enqueue(self, cur: Any, tenant: str, items: Sequence[_ToEnqueue], codes: Mapping[str, str]) -> None:
-        """Give each step a job, or join it to the same partition's queued step of another run."""
+    def _enqueue(
+        self,
+        cur: Any,
+        tenant: str,
+        items: Sequence[_ToEnqueue],
+        codes: Mapping[str, str],
+        *,
+        joinable: bool = True,
+    ) -> None:
+        """Give each step a job, or join it to the same partition's queued step of another run
+        (``joinable``: False when the caller knows there is none)."""
         if not items:
+            return
+        if not joinable and len({(i.asset, i.partition_key) for i in items}) == len(items):
+            self._defer(cur, tenant, items, codes)
             return
         # Coalesce: a queued (not yet started) step of another run for the same partition will
         # produce what this one would; the lock keeps it from starting while we join it.
@@ -893,23 +953,21 @@ class QueueDB:
 
         def work(cur: Any) -> bool:
             cur.execute(
-                "SELECT s.status, s.job_id, r.cancel_requested, r.priority FROM flowstone_run_steps s"
-                " JOIN flowstone_runs r ON r.id = s.run_id WHERE s.id = %s FOR UPDATE OF s",
-                (claimed.step_id,),
+                _FENCE,
+                {
+                    "step": claimed.step_id,
+                    "job": claimed.job_id,
+                    "tenant": args.tenant,
+                    "asset": args.asset,
+                    "key": _key(args.partition),
+                    "end_job": claimed.fetched,
+                },
             )
             row = cur.fetchone()
             if row is None or row[0] != _RUNNING or row[1] != claimed.job_id:
                 return False
-            _status, _owner, cancel, priority = row
+            _status, _owner, cancel, priority, followers = row
             now = utcnow()
-            if claimed.fetched:
-                # The job ends with its step's record (a retry or hand-off is a new job).
-                cur.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', true)", (claimed.job_id,))
-            cur.execute(
-                "DELETE FROM flowstone_step_claims WHERE tenant_id = %s AND asset = %s"
-                " AND partition_key = %s AND step_id = %s",
-                (args.tenant, args.asset, _key(args.partition), claimed.step_id),
-            )
             if outcome.not_ready_delay is not None and not cancel:
                 # Not an attempt: the step goes back to waiting for its upstream.
                 cur.execute(
@@ -979,6 +1037,7 @@ class QueueDB:
                 materialization_id=outcome.materialization_id,
                 error=outcome.error,
                 now=now,
+                followers=followers if isinstance(followers, list) else json.loads(followers),
             )
             return True
 
@@ -1087,15 +1146,18 @@ class QueueDB:
         materialization_id: str | None,
         error: FlowStoneError | None,
         now: datetime,
+        followers: Sequence[Sequence[Any]] | None = None,
     ) -> None:
-        """A step reached its final state: settle its followers, release or skip what waits
-        for it, and count the runs down."""
-        cur.execute(
-            "SELECT id, run_id, asset, partition_key FROM flowstone_run_steps WHERE coalesced_into = %s"
-            " AND status = 'queued' ORDER BY id FOR UPDATE",
-            (step_id,),
-        )
-        followers = cur.fetchall()
+        """A step reached its final state: settle its followers (the steps of other runs that
+        joined it; locked already when given), release or skip what waits for it, and count the
+        runs down."""
+        if followers is None:
+            cur.execute(
+                "SELECT id, run_id, asset, partition_key FROM flowstone_run_steps WHERE coalesced_into = %s"
+                " AND status = 'queued' ORDER BY id FOR UPDATE",
+                (step_id,),
+            )
+            followers = cur.fetchall()
         settled = [step_id, *(f[0] for f in followers)]
         counts: dict[str, int] = {run_id: 1}
         if followers:
@@ -1140,28 +1202,11 @@ class QueueDB:
 
     def _release(self, cur: Any, tenant: str, done: list[str], counts: dict[str, int], now: datetime) -> None:
         """Count down the steps waiting for ``done``; enqueue those that reach 0."""
-        cur.execute(
-            "SELECT s.id FROM flowstone_run_steps s WHERE s.id IN (SELECT step_id FROM"
-            " flowstone_run_step_deps WHERE upstream_step_id = ANY(%s)) ORDER BY s.id FOR UPDATE",
-            (done,),
-        )
-        if not cur.fetchall():
-            return
-        cur.execute(
-            "UPDATE flowstone_run_steps s SET waiting = s.waiting - d.n FROM (SELECT step_id, count(*) AS n"
-            " FROM flowstone_run_step_deps WHERE upstream_step_id = ANY(%s) GROUP BY step_id) d"
-            " WHERE s.id = d.step_id RETURNING s.id, s.run_id, s.asset, s.partition_key, s.waiting,"
-            " s.status, s.spec->>'code'",
-            (done,),
-        )
+        cur.execute(_RELEASE, (done, done, tenant))
         ready = [r for r in cur.fetchall() if r[4] <= 0 and r[5] == _PENDING]
         if not ready:
             return
-        cur.execute(
-            "SELECT id, cancel_requested, priority FROM flowstone_runs WHERE id = ANY(%s)",
-            (list({r[1] for r in ready}),),
-        )
-        runs = {rid: (cancel, prio) for rid, cancel, prio in cur.fetchall()}
+        runs = {r[1]: (r[7], r[8]) for r in ready}
         cancelled = [r for r in ready if runs[r[1]][0]]
         if cancelled:
             self._skip(
@@ -1177,7 +1222,8 @@ class QueueDB:
             for r in ready
             if not runs[r[1]][0]
         ]
-        self._enqueue(cur, tenant, items, self._codes)
+        # r[9]: another run's step for the same partition is queued (there may be one to join).
+        self._enqueue(cur, tenant, items, self._codes, joinable=any(r[9] for r in ready))
 
     def _skip(
         self, cur: Any, tenant: str, step_ids: Sequence[str], reason: str, error_type: str, now: datetime
@@ -1243,14 +1289,16 @@ class QueueDB:
         for run_id in sorted(counts):
             cur.execute(
                 "UPDATE flowstone_runs SET steps_left = steps_left - %s WHERE id = %s"
-                " RETURNING steps_left, backfill_id",
-                (counts[run_id], run_id),
+                " RETURNING steps_left, backfill_id, EXISTS (SELECT 1 FROM flowstone_approvals"
+                " WHERE run_id = %s AND status IN ('pending', 'escalated'))",
+                (counts[run_id], run_id, run_id),
             )
             row = cur.fetchone()
             if row is None:
                 continue
             if row[0] > 0:
-                self._maybe_pause(cur, run_id)
+                if row[2]:
+                    self._maybe_pause(cur, run_id)
                 continue
             cur.execute(
                 "SELECT count(*) FILTER (WHERE status = 'failed'),"

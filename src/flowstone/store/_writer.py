@@ -261,7 +261,10 @@ def apply_calls(cursor: Any, sql: dict[str, _Compiled], calls: Sequence[tuple[st
             rows.append(params)
     for name in sorted(grouped, key=_FLUSH_ORDER.index):
         rows = grouped[name]
-        if rows:
+        if len(rows) == 1:  # executemany costs a pipeline round of its own on psycopg
+            statement = sql[name]
+            cursor.execute(statement.sql, statement.params(rows[0]))
+        elif rows:
             statement = sql[name]
             cursor.executemany(statement.sql, list(map(statement.params, rows)))
 

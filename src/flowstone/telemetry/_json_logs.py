@@ -82,6 +82,7 @@ def _error_fields(error: Any, record: dict[str, Any]) -> None:
 
 
 _LEVEL_NAMES: dict[int, str] = {}
+_LEVEL_TEXTS: dict[int, str] = {}  # the same, as JSON text
 
 
 def _level_name(level: int) -> str:
@@ -147,6 +148,70 @@ def to_json(record: Mapping[str, Any]) -> str:
         return _ENCODER.encode(_finite(record))
 
 
+# What the encoder does with a str (ASCII-only output), the C version where there is one.
+_text = json.encoder.encode_basestring_ascii
+# ',"key":' per data key seen, so a key is escaped once (bounded: keys are a fixed set in practice).
+_KEY_TEXTS: dict[str, str] = {}
+_MAX_KEY_TEXTS = 1024
+# Data keys that event_record renames or flattens: a line with one is built the general way.
+_SPECIAL_KEYS = _RESERVED | {"error"}
+
+
+def _plain(value: Any) -> str | None:
+    """``value`` as JSON text when it is a str, int, finite float, bool or None, exactly as the
+    encoder writes it; ``None`` for anything else (subclasses included)."""
+    kind = type(value)
+    if kind is str:
+        return _text(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
+
+
+def event_line(event: Event, level: int | None = None) -> str:
+    """``to_json(event_record(event, level))``, without the record or the general encoder when
+    every value is plain (str, int, finite float, bool, None), as for a step's events."""
+    if level is None:
+        level = event_level(event)
+    level_text = _LEVEL_TEXTS.get(level)
+    if level_text is None:
+        level_text = _LEVEL_TEXTS[level] = _text(_level_name(level))
+    at = event.at
+    kind, run_id, asset, partition = (
+        _plain(event.type),
+        _plain(event.run_id),
+        _plain(event.asset),
+        _plain(event.partition_key),
+    )
+    if type(at) is not datetime or kind is None or run_id is None or asset is None or partition is None:
+        return to_json(event_record(event, level))
+    parts = [
+        f'{{"at":"{at.isoformat()}","level":{level_text},"type":{kind},"run_id":{run_id},'
+        f'"asset":{asset},"partition":{partition}'
+    ]
+    for key, value in event.data.items():
+        text = _plain(value)
+        if text is None or key in _SPECIAL_KEYS:
+            return to_json(event_record(event, level))
+        key_text = _KEY_TEXTS.get(key)
+        if key_text is None:
+            if type(key) is not str:
+                return to_json(event_record(event, level))
+            key_text = f",{_text(key)}:"
+            if len(_KEY_TEXTS) < _MAX_KEY_TEXTS:
+                _KEY_TEXTS[key] = key_text
+        parts.append(key_text)
+        parts.append(text)
+    parts.append("}")
+    return "".join(parts)
+
+
 class JsonLogs:
     """Logs each event as one JSON line: through ``logging`` (default) or to ``stream``.
 
@@ -198,7 +263,7 @@ class JsonLogs:
             return
         logger = self.logger
         if logger is None:
-            line = to_json(event_record(event, level)) + "\n"
+            line = event_line(event, level) + "\n"
             stream = self.stream
             assert stream is not None
             with self._lock:
@@ -206,7 +271,7 @@ class JsonLogs:
                 if self.flush:
                     stream.flush()
         elif logger.isEnabledFor(level):
-            logger.log(level, to_json(event_record(event, level)), extra={"flowstone_event": event})
+            logger.log(level, event_line(event, level), extra={"flowstone_event": event})
 
 
 def _once(detach: Callable[[], None]) -> Callable[[], None]:

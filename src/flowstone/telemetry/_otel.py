@@ -9,6 +9,11 @@ Only the OpenTelemetry *API* is used; where spans go is up to the tracer provide
 Spans start and end at the events' own timestamps. The run span is a child of whatever span is
 current when ``materialize`` is called, so a run nests in a request or job trace. I/O, retries
 and any other event of a run become span events on the step's span (or the run's).
+
+A step's span is made when the step ends, with its start time from ``step.started`` and every
+attribute at once (the SDK then checks attributes once, and a step costs one call into it); it
+is made sooner when an event must be added to it before then (a retry, an I/O call). Span
+processors therefore see a step's span start when the step ends, or at that event.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ def _ignore(event: Event) -> None:
 class _RunSpans:
     span: Span
     context: Context
-    steps: dict[StepKey, Span] = field(default_factory=dict)
+    # The run's open steps: a step's span once made, until then when it started (ns since the
+    # epoch): the span is made when the step ends unless an event must be added to it sooner.
+    steps: dict[StepKey, Span | int] = field(default_factory=dict)
     failed: int = 0
     skipped: int = 0
 
@@ -190,9 +197,8 @@ class OpenTelemetrySpans:
         if run is None:
             return
         end = _ns(event.at)
-        for leftover in run.steps.values():  # not normally any: every started step ends
-            leftover.set_attribute("flowstone.status", "unknown")
-            leftover.end(end_time=end)
+        for key, leftover in run.steps.items():  # not normally any: every started step ends
+            self._close(run, key, leftover, {"flowstone.status": "unknown"}).end(end_time=end)
         status = str(event.data.get("status", "unknown"))
         span = run.span
         span.set_attributes(
@@ -219,61 +225,87 @@ class OpenTelemetrySpans:
                 return
             key = (event.asset, event.partition_key)
             existing = run.steps.get(key)
-            if existing is None:
-                run.steps[key] = self._start_step(event, run)
+            if existing is None:  # the span is made when the step ends (or sooner, if need be)
+                run.steps[key] = _ns(event.at)
                 return
+            span = self._opened(run, key, existing)
         # Started again (a retry): one span per step, the new attempt is an event on it.
-        self._span_event(event, (existing, key))
+        self._span_event(event, (span, key))
 
-    def _start_step(self, event: Event, run: _RunSpans) -> Span:
+    def _start_step(
+        self, run: _RunSpans, key: StepKey, start: int, more: dict[str, AttributeValue] | None = None
+    ) -> Span:
+        """A new step span started at ``start`` (ns), with ``more`` attributes beside its own."""
         # No run id: the parent run span has it (every attribute costs a check in the SDK).
+        asset, partition = key
         attributes: dict[str, AttributeValue] = {}
-        if event.asset is not None:
-            attributes["flowstone.asset"] = event.asset
-        if event.partition_key is not None:
-            attributes["flowstone.partition"] = event.partition_key
+        if asset is not None:
+            attributes["flowstone.asset"] = asset
+        if partition is not None:
+            attributes["flowstone.partition"] = partition
+        if more:
+            attributes.update(more)
         return self._tracer.start_span(
-            f"flowstone.step {event.asset}",
-            context=run.context,
-            attributes=attributes,
-            start_time=_ns(event.at),
+            f"flowstone.step {asset}", context=run.context, attributes=attributes, start_time=start
         )
 
-    def _end_step(self, event: Event, *, create: bool = False) -> tuple[Span | None, _RunSpans | None]:
-        """The step's span, taken out of the open ones (a new one if it never started)."""
+    def _opened(self, run: _RunSpans, key: StepKey, entry: Span | int) -> Span:
+        """The step's span, made now if it was only a start time (call with the lock held)."""
+        if isinstance(entry, int):
+            entry = run.steps[key] = self._start_step(run, key, entry)
+        return entry
+
+    def _close(
+        self, run: _RunSpans, key: StepKey, entry: Span | int, attributes: dict[str, AttributeValue]
+    ) -> Span:
+        """The step's span with its final ``attributes``: made with them when only a start time
+        was kept (one call into the SDK), else added to it. The caller ends it."""
+        if isinstance(entry, int):
+            return self._start_step(run, key, entry, attributes)
+        entry.set_attributes(attributes)
+        return entry
+
+    def _end_step(
+        self, event: Event, attributes: dict[str, AttributeValue], *, create: bool = False, count: str = ""
+    ) -> Span | None:
+        """The step's span with its final ``attributes``, taken out of the open ones (one made
+        now, starting and ending at this event, if the step never started and ``create``);
+        ``count`` names the run's counter to increase. The caller ends it."""
         with self._lock:
             run = self._runs.get(event.run_id) if event.run_id is not None else None
             if run is None:
-                return None, None
-            span = run.steps.pop((event.asset, event.partition_key), None)
-            if span is None and create:
-                span = self._start_step(event, run)
-            return span, run
+                return None
+            key = (event.asset, event.partition_key)
+            entry = run.steps.pop(key, None)
+            if entry is None:
+                if not create:
+                    return None
+                entry = _ns(event.at)
+            if count == "failed":
+                run.failed += 1
+            elif count == "skipped":
+                run.skipped += 1
+        return self._close(run, key, entry, attributes)
 
     def _step_succeeded(self, event: Event) -> None:
-        span, _ = self._end_step(event)
-        if span is None:
-            return
         attributes: dict[str, AttributeValue] = {"flowstone.status": "succeeded"}
         duration = event.data.get("duration_ms")
         if isinstance(duration, (int, float)):
             attributes["flowstone.duration_ms"] = duration
-        span.set_attributes(attributes)
-        span.end(end_time=_ns(event.at))
+        span = self._end_step(event, attributes)
+        if span is not None:
+            span.end(end_time=_ns(event.at))
 
     def _step_failed(self, event: Event) -> None:
-        span, run = self._end_step(event, create=True)
-        if span is None or run is None:
-            return
-        with self._lock:
-            run.failed += 1
         kind, message = _error(event.data.get("error"))
-        at = _ns(event.at)
         attributes: dict[str, AttributeValue] = {"flowstone.status": "failed"}
         if kind is not None:
             attributes["flowstone.error_type"] = kind
             attributes["error.type"] = kind
-        span.set_attributes(attributes)
+        span = self._end_step(event, attributes, create=True, count="failed")
+        if span is None:
+            return
+        at = _ns(event.at)
         # The semantic conventions' exception event, without a Python exception to record.
         exception: dict[str, AttributeValue] = {"exception.type": kind or "error"}
         if message is not None:
@@ -283,17 +315,13 @@ class OpenTelemetrySpans:
         span.end(end_time=at)
 
     def _step_skipped(self, event: Event) -> None:
-        span, run = self._end_step(event, create=True)
-        if span is None or run is None:
-            return
-        with self._lock:
-            run.skipped += 1
         attributes: dict[str, AttributeValue] = {"flowstone.status": "skipped"}
         reason = event.data.get("reason")
         if reason is not None:
             attributes["flowstone.reason"] = str(reason)
-        span.set_attributes(attributes)
-        span.end(end_time=_ns(event.at))
+        span = self._end_step(event, attributes, create=True, count="skipped")
+        if span is not None:
+            span.end(end_time=_ns(event.at))
 
     # ------------------------------------------------------------------ span events
     def _error(self, event: Event) -> None:
@@ -320,13 +348,14 @@ class OpenTelemetrySpans:
             run = self._runs.get(event.run_id) if event.run_id is not None else None
             if run is None:
                 return None, None
-            span = run.steps.get(key)
-            if span is not None:
-                return span, key
+            entry = run.steps.get(key)
+            if entry is not None:
+                return self._opened(run, key, entry), key
             if consumer is not None:
-                candidates = [(k, s) for k, s in run.steps.items() if k[0] == consumer]
+                candidates = [(k, e) for k, e in run.steps.items() if k[0] == consumer]
                 if len(candidates) == 1:
-                    return candidates[0][1], candidates[0][0]
+                    found, entry = candidates[0]
+                    return self._opened(run, found, entry), found
             return run.span, None
 
     def _span_event(self, event: Event, target: tuple[Span | None, StepKey | None]) -> None:

@@ -128,6 +128,8 @@ class PrometheusMetrics:
             "flowstone_step_retries", "Step retries, by asset.", ["asset"], registry=r
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Per asset: its succeeded counter's ``inc`` and its duration histogram's ``observe``.
+        self._successes: dict[str, tuple[Callable[[], None], Callable[[float], None]]] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "step.succeeded": self._succeeded,
             "step.failed": self._failed,
@@ -158,12 +160,20 @@ class PrometheusMetrics:
         return child
 
     def _succeeded(self, event: Event) -> None:
+        # The one event of every step: a single lookup gives both metrics' children.
         asset = event.asset or ""
         data = event.data
-        self._child(self.materializations, asset, "succeeded").inc()
+        handles = self._successes.get(asset)
+        if handles is None:  # two threads may both get here: labels() hands both the same child
+            handles = self._successes[asset] = (
+                self._child(self.materializations, asset, "succeeded").inc,
+                self._child(self.step_duration, asset).observe,
+            )
+        count, observe = handles
+        count()
         duration = data.get("duration_ms")
         if isinstance(duration, (int, float)):
-            self._child(self.step_duration, asset).observe(duration / 1000)
+            observe(duration / 1000)
         size = data.get("size_bytes")
         if not self.io and isinstance(size, (int, float)) and size >= 0:  # else io.stored counts it
             self._child(self.io_bytes, asset, "stored", str(data.get("io_manager") or "")).inc(size)
