@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +148,13 @@ def test_json_logs_do_no_work_for_events_below_their_level(
     app: fs.FlowStone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[str] = []
-    real = _json_logs.event_record
+    real = _json_logs.event_line
 
-    def counting(event: Event, level: int | None = None) -> dict[str, Any]:
+    def counting(event: Event, level: int | None = None) -> str:
         built.append(event.type)
         return real(event, level)
 
-    monkeypatch.setattr(_json_logs, "event_record", counting)
+    monkeypatch.setattr(_json_logs, "event_line", counting)
     stream = io.StringIO()
     JsonLogs(stream, level="warning").attach(app.events)
     app.materialize("*")
@@ -246,6 +246,35 @@ def test_json_logs_write_unknown_events_and_awkward_values_as_strict_json() -> N
         JsonLogs(io.StringIO(), logger="x")
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         JsonLogs(level="loud")
+
+
+def test_json_lines_built_directly_are_what_the_general_encoder_writes() -> None:
+    at = datetime(2025, 1, 15, 8, 30, 0, 123456, tzinfo=UTC)
+    odd = 'é " \\ \n \u2028 \U0001f600'
+    events = [
+        Event(
+            "step.succeeded",
+            at,
+            "r1",
+            "a",
+            None,
+            {"duration_ms": 0.25, "io_manager": "m", "size_bytes": None},
+        ),
+        Event("step.started", at, "r1", odd, odd, {"attempt": 2, "big": 10**30, "tiny": -1.5e-300}),
+        Event("x", at, None, None, None, {"yes": True, "no": False, odd: odd}),
+        Event("x", at.replace(tzinfo=None), "r", "a", None, {}),  # naive: no offset written
+        Event("x", at, "r", "a", None, {"nan": float("nan"), "inf": float("-inf")}),
+        Event("x", at, "r", "a", None, {"error": None, "ok": True}),
+        Event("x", at, "r", "a", None, {"run_id": "shadow", "error": {"type": "t", "message": "m"}}),
+        Event("x", at, "r", "a", None, {"colour": Colour.RED, "deep": {"k": [1]}, "path": Path("/p")}),
+        Event("x", at, "r", 7, None, {1: "a key that is no str"}),  # type: ignore[arg-type]
+        Event("run.finished", at, "r", None, None, {"status": "failed"}),
+    ]
+    for event in events:
+        for level in (None, logging.DEBUG, logging.INFO, 25, logging.ERROR):
+            direct = _json_logs.event_line(event, level)
+            assert direct == _json_logs.to_json(_json_logs.event_record(event, level))
+            json.loads(direct)
 
 
 # ---------------------------------------------------------------------- OpenTelemetry
@@ -441,9 +470,14 @@ def test_otel_ignores_events_outside_known_runs_and_keeps_others_on_the_run() ->
     bus.emit(Event("resource.setup", at, "r1", data={"resource": "db", "ok": True, "error": None}))
     bus.emit(Event("step.started", at, "r1", "a"))
     bus.emit(Event("checkpoint.requested", at, "r1", "a", data={"checkpoint": "review", "meta": {"k": 1}}))
-    bus.emit(Event("run.finished", at, "r1", data={"status": "abandoned"}))
+    bus.emit(Event("step.started", at + timedelta(seconds=1), "r1", "b"))  # nothing added to it
+    end = at + timedelta(seconds=2)
+    bus.emit(Event("run.finished", end, "r1", data={"status": "abandoned"}))
     spans = by_name(exporter.get_finished_spans())
-    assert set(spans) == {"flowstone.run", "flowstone.step a"}
+    assert set(spans) == {"flowstone.run", "flowstone.step a", "flowstone.step b"}
+    left_open = spans["flowstone.step b"]  # made at the run's end, timed by its own events
+    assert left_open.start_time == ns(at + timedelta(seconds=1)) and left_open.end_time == ns(end)
+    assert left_open.attributes == {"flowstone.asset": "b", "flowstone.status": "unknown"}
     run_span, step = spans["flowstone.run"], spans["flowstone.step a"]
     [setup] = run_span.events
     assert setup.name == "resource.setup" and setup.attributes == {
@@ -541,7 +575,7 @@ def test_detach_really_stops_every_adapter(app: fs.FlowStone) -> None:
 
 def test_enable_with_defaults_and_with_nothing(app: fs.FlowStone) -> None:
     detach = enable(app, json_logs=True, prometheus=True)
-    subscribers = [subscriber for subscriber, _ in app.events._entries]
+    subscribers = [subscriber for subscriber, _, batched in app.events._entries if batched]
     assert len(subscribers) == 2
     assert isinstance(subscribers[0], JsonLogs)
     assert isinstance(subscribers[1], PrometheusMetrics)

@@ -120,7 +120,13 @@ class Claimed:
 
 
 class WorkerGone(Exception):
-    """This worker's row is gone from procrastinate's worker table: it was presumed dead."""
+    """This worker's row is gone from procrastinate's worker table: it was presumed dead.
+    ``recorded``: whether the outcome recorded along with the failed fetch was."""
+
+    def __init__(self, worker_id: int, *, recorded: bool = False) -> None:
+        super().__init__(worker_id)
+        self.worker_id = worker_id
+        self.recorded = recorded
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,7 @@ class QueueDB:
     """Transactions of the run queue. One per process; thread-safe (a connection per call)."""
 
     def __init__(
-        self, engine: Any, pipeline: Pipeline, *, config: QueueConfig, connections: int | None = None
+        self, engine: Any, pipeline: Pipeline, *, config: QueueConfig, own_connections: bool = False
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValidationError(
@@ -318,10 +324,14 @@ class QueueDB:
         self.pipeline = pipeline
         self._pool_limits = {**pipeline.pool_limits, **config.pool_limits}
         self._codes = code_versions(pipeline)
-        # connections: a pool of this size of our own (a worker's), handing connections out
-        # unchecked: a dead one fails its transaction, which ``_retrying`` runs again. Without
-        # it, the store engine's pool, which pings each connection before handing it out.
-        self._pool_size = connections
+        # own_connections (a worker's): each thread keeps a connection of its own (the worker's
+        # threads live as long as it does), used unchecked: a dead one fails its transaction,
+        # which ``_retrying`` runs again on a new one. Otherwise the store engine's pool, which
+        # pings each connection before handing it out.
+        self._own = own_connections
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
         # Limits to check at claim time: claims then take the longer path (advisory locks, counts).
         self._limited = bool(
             self._pool_limits
@@ -329,8 +339,6 @@ class QueueDB:
             or config.tenant_limit is not None
             or config.tenant_limits
         )
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
 
     @property
     def codes(self) -> Mapping[str, str]:
@@ -338,36 +346,43 @@ class QueueDB:
         return self._codes
 
     # ------------------------------------------------------------------ plumbing
-    def _connections(self) -> Any:
-        with self._pool_lock:
-            if self._pool is None:
-                import psycopg_pool
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg
 
-                info, kwargs = conninfo(self.engine.url.render_as_string(hide_password=False))
-                self._pool = psycopg_pool.ConnectionPool(
-                    info,
-                    kwargs=kwargs,
-                    min_size=1,
-                    max_size=max(1, self._pool_size or 1),
-                    name="flowstone-queue",
-                    open=True,
-                )
-            return self._pool
+            info, kwargs = conninfo(self.engine.url.render_as_string(hide_password=False))
+            conn = psycopg.connect(info, **kwargs)
+            self._local.conn = conn
+            with self._opened_lock:
+                self._opened = [c for c in self._opened if not c.closed]
+                self._opened.append(conn)
+        return conn
 
     def close(self) -> None:
         """Close this QueueDB's own connections (the store engine's stay with the store)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         """A driver cursor inside one transaction: committed on success, rolled back otherwise."""
-        if self._pool_size is not None:
-            # The connection's block commits, or rolls back on an error.
-            with self._connections().connection() as conn, conn.cursor() as cur:
-                yield cur
+        if self._own:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+                conn.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                if conn.broken:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                raise
             return
         raw = self.engine.raw_connection()
         try:
@@ -387,7 +402,7 @@ class QueueDB:
 
     def _retrying(self, fn: Callable[[Any], T], *, what: str) -> T:
         """Run ``fn(cursor)`` in a transaction, again on deadlock, serialization failure or a
-        dropped connection (the pool hands out a fresh one)."""
+        dropped connection (then on a new one)."""
         import psycopg
 
         last: Exception | None = None
@@ -401,12 +416,8 @@ class QueueDB:
                 psycopg.OperationalError,
             ) as exc:
                 last = exc
-                if isinstance(exc, psycopg.OperationalError):
-                    # Its other connections most likely died with this one.
-                    if self._pool_size is not None:
-                        self._connections().check()
-                    else:
-                        self.engine.pool.dispose()
+                if isinstance(exc, psycopg.OperationalError) and not self._own:
+                    self.engine.pool.dispose()  # its other connections most likely died with this one
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))  # back off: not a test wait
         raise StoreError(f"{what} failed: {last}", original=last, retryable=True)
 
@@ -698,35 +709,39 @@ class QueueDB:
         (stale, its run cancelled, or deferred again because it must wait). False: none ready.
 
         Raises ``WorkerGone`` when ``worker_id`` is no longer registered (presumed dead)."""
+        return self._retrying(
+            lambda cur: self._fetch_in(cur, worker_id, queues, worker), what="fetching a step"
+        )
+
+    def _fetch_in(
+        self, cur: Any, worker_id: int, queues: Sequence[str] | None, worker: str
+    ) -> Claimed | bool:
         import psycopg
 
-        def work(cur: Any) -> Claimed | bool:
-            try:
-                cur.execute(
-                    "SELECT id, args, queue_name FROM procrastinate_fetch_job_v2(%s::varchar[], %s)",
-                    (list(queues) if queues else None, worker_id),
-                )
-            except psycopg.errors.ForeignKeyViolation as exc:
-                raise WorkerGone(worker_id) from exc
-            row = cur.fetchone()
-            if row is None or row[0] is None:
-                return False
-            job_id, raw, queue = int(row[0]), row[1], row[2]
-            args = JobArgs.from_kwargs(raw if isinstance(raw, dict) else json.loads(raw))
-            outcome: Claimed | Later | None
-            if self._limited:
-                outcome = self._claim(cur, job_id, args, worker)
-            else:
-                outcome = self._claim_fast(cur, job_id, args, worker, queue)
-            if isinstance(outcome, Claimed):
-                outcome.fetched = True
-                return outcome
-            if isinstance(outcome, Later):
-                self._defer_again(cur, job_id, args, outcome.delay)
-            cur.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', true)", (job_id,))
-            return True
-
-        return self._retrying(work, what="fetching a step")
+        try:
+            cur.execute(
+                "SELECT id, args, queue_name FROM procrastinate_fetch_job_v2(%s::varchar[], %s)",
+                (list(queues) if queues else None, worker_id),
+            )
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise WorkerGone(worker_id) from exc
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            return False
+        job_id, raw, queue = int(row[0]), row[1], row[2]
+        args = JobArgs.from_kwargs(raw if isinstance(raw, dict) else json.loads(raw))
+        outcome: Claimed | Later | None
+        if self._limited:
+            outcome = self._claim(cur, job_id, args, worker)
+        else:
+            outcome = self._claim_fast(cur, job_id, args, worker, queue)
+        if isinstance(outcome, Claimed):
+            outcome.fetched = True
+            return outcome
+        if isinstance(outcome, Later):
+            self._defer_again(cur, job_id, args, outcome.delay)
+        cur.execute("SELECT procrastinate_finish_job_v1(%s, 'succeeded', true)", (job_id,))
+        return True
 
     def _claim_fast(
         self, cur: Any, job_id: int, args: JobArgs, worker: str, queue: str
@@ -949,99 +964,115 @@ class QueueDB:
     def finish(self, claimed: Claimed, outcome: Finish) -> bool:
         """Record how the attempt ended and hand off; False when this job no longer owns the
         step (it was presumed dead and the step given to another job): nothing is recorded."""
-        args = claimed.args
+        return self._retrying(
+            lambda cur: self._finish_in(cur, claimed, outcome), what=f"recording '{claimed.args.asset}'"
+        )
 
-        def work(cur: Any) -> bool:
-            cur.execute(
-                _FENCE,
-                {
-                    "step": claimed.step_id,
-                    "job": claimed.job_id,
-                    "tenant": args.tenant,
-                    "asset": args.asset,
-                    "key": _key(args.partition),
-                    "end_job": claimed.fetched,
-                },
-            )
-            row = cur.fetchone()
-            if row is None or row[0] != _RUNNING or row[1] != claimed.job_id:
-                return False
-            _status, _owner, cancel, priority, followers = row
-            now = utcnow()
-            if outcome.not_ready_delay is not None and not cancel:
-                # Not an attempt: the step goes back to waiting for its upstream.
-                cur.execute(
-                    "UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (claimed.step_id,)
-                )
-                outcome.rows.apply(cur)
-                item = _ToEnqueue(
-                    claimed.step_id,
-                    args.run,
-                    args.asset,
-                    _key(args.partition),
-                    args.attempt,
-                    priority,
-                    self._queue_of(args.asset),
-                    outcome.not_ready_delay,
-                )
-                self._defer(cur, args.tenant, [item], {args.asset: args.code})
-                return True
+    def finish_and_fetch(
+        self, claimed: Claimed, outcome: Finish, *, worker_id: int, queues: Sequence[str] | None, worker: str
+    ) -> tuple[bool, Claimed | bool]:
+        """``finish``, then ``fetch`` in the same transaction: one transaction per step. Raises
+        ``WorkerGone`` (with whether the outcome was recorded) when the fetch finds this worker
+        presumed dead."""
+
+        def work(cur: Any) -> tuple[bool, Claimed | bool]:
+            recorded = self._finish_in(cur, claimed, outcome)
+            return recorded, self._fetch_in(cur, worker_id, queues, worker)
+
+        try:
+            return self._retrying(work, what=f"recording '{claimed.args.asset}'")
+        except WorkerGone:
+            # The failed fetch took the outcome's transaction with it: record it alone.
+            raise WorkerGone(worker_id, recorded=self.finish(claimed, outcome)) from None
+
+    def _finish_in(self, cur: Any, claimed: Claimed, outcome: Finish) -> bool:
+        args = claimed.args
+        cur.execute(
+            _FENCE,
+            {
+                "step": claimed.step_id,
+                "job": claimed.job_id,
+                "tenant": args.tenant,
+                "asset": args.asset,
+                "key": _key(args.partition),
+                "end_job": claimed.fetched,
+            },
+        )
+        row = cur.fetchone()
+        if row is None or row[0] != _RUNNING or row[1] != claimed.job_id:
+            return False
+        _status, _owner, cancel, priority, followers = row
+        now = utcnow()
+        if outcome.not_ready_delay is not None and not cancel:
+            # Not an attempt: the step goes back to waiting for its upstream.
+            cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (claimed.step_id,))
             outcome.rows.apply(cur)
-            if outcome.approval is not None and not cancel:
-                # The gate's value is stored; the step waits for a person, holding no worker.
-                self._open_approval(cur, args, claimed.step_id, outcome.approval)
-                self._maybe_pause(cur, args.run)
-                return True
-            if outcome.retry_delay is not None and not cancel:
-                item = _ToEnqueue(
-                    claimed.step_id,
-                    args.run,
-                    args.asset,
-                    _key(args.partition),
-                    args.attempt + 1,
-                    priority,
-                    self._queue_of(args.asset),
-                    outcome.retry_delay,
-                )
-                self._defer(cur, args.tenant, [item], {args.asset: args.code})
-                return True
-            if cancel and not outcome.success:
-                # Stopped (or failed) after its run was cancelled: the step ends cancelled, like
-                # the run's steps that had not started, and the runs that joined it go on alone.
-                retrying = outcome.retry_delay is not None
-                reason = "cancelled while waiting to retry" if retrying else "cancelled while running"
-                cur.execute(
-                    "UPDATE flowstone_run_steps SET status = 'skipped', reason = %s,"
-                    " error_type = 'cancelled', finished_at = %s WHERE id = %s",
-                    (reason, now, claimed.step_id),
-                )
-                self._event(
-                    cur,
-                    args.tenant,
-                    "step.skipped",
-                    args.run,
-                    args.asset,
-                    args.partition,
-                    {"reason": reason},
-                    now,
-                )
-                self._unjoin([claimed.step_id], cur, args.tenant)
-                self._count_down(cur, args.tenant, {args.run: 1}, now)
-                return True
-            self._settled(
-                cur,
-                args.tenant,
+            item = _ToEnqueue(
                 claimed.step_id,
                 args.run,
-                success=outcome.success,
-                materialization_id=outcome.materialization_id,
-                error=outcome.error,
-                now=now,
-                followers=followers if isinstance(followers, list) else json.loads(followers),
+                args.asset,
+                _key(args.partition),
+                args.attempt,
+                priority,
+                self._queue_of(args.asset),
+                outcome.not_ready_delay,
             )
+            self._defer(cur, args.tenant, [item], {args.asset: args.code})
             return True
-
-        return self._retrying(work, what=f"recording '{args.asset}'")
+        outcome.rows.apply(cur)
+        if outcome.approval is not None and not cancel:
+            # The gate's value is stored; the step waits for a person, holding no worker.
+            self._open_approval(cur, args, claimed.step_id, outcome.approval)
+            self._maybe_pause(cur, args.run)
+            return True
+        if outcome.retry_delay is not None and not cancel:
+            item = _ToEnqueue(
+                claimed.step_id,
+                args.run,
+                args.asset,
+                _key(args.partition),
+                args.attempt + 1,
+                priority,
+                self._queue_of(args.asset),
+                outcome.retry_delay,
+            )
+            self._defer(cur, args.tenant, [item], {args.asset: args.code})
+            return True
+        if cancel and not outcome.success:
+            # Stopped (or failed) after its run was cancelled: the step ends cancelled, like
+            # the run's steps that had not started, and the runs that joined it go on alone.
+            retrying = outcome.retry_delay is not None
+            reason = "cancelled while waiting to retry" if retrying else "cancelled while running"
+            cur.execute(
+                "UPDATE flowstone_run_steps SET status = 'skipped', reason = %s,"
+                " error_type = 'cancelled', finished_at = %s WHERE id = %s",
+                (reason, now, claimed.step_id),
+            )
+            self._event(
+                cur,
+                args.tenant,
+                "step.skipped",
+                args.run,
+                args.asset,
+                args.partition,
+                {"reason": reason},
+                now,
+            )
+            self._unjoin([claimed.step_id], cur, args.tenant)
+            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            return True
+        self._settled(
+            cur,
+            args.tenant,
+            claimed.step_id,
+            args.run,
+            success=outcome.success,
+            materialization_id=outcome.materialization_id,
+            error=outcome.error,
+            now=now,
+            followers=followers if isinstance(followers, list) else json.loads(followers),
+        )
+        return True
 
     def _open_approval(self, cur: Any, args: JobArgs, step_id: str, request: ApprovalToOpen) -> None:
         cur.execute("UPDATE flowstone_run_steps SET status = 'waiting_approval' WHERE id = %s", (step_id,))

@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("flowstone.worker")
 
+# What a step does once its outcome is recorded (True) or refused (False): events, notices.
+_After = Callable[[bool], None]
+
 
 class _Running:
     """Steps this worker runs, by job id: a stop flag and their contexts, so that a cancel of
@@ -141,10 +144,7 @@ class Worker:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         self.queues = list(queues) if queues else None
         self.name = name or f"{HOST}:{os.getpid()}"
-        # A connection per step thread, plus the pulse's and housekeeping's.
-        self.db = QueueDB(
-            app.store.engine, app.pipeline, config=self.config, connections=self.concurrency + 2
-        )
+        self.db = QueueDB(app.store.engine, app.pipeline, config=self.config, own_connections=True)
         self.codes = self.db.codes  # computed once (it reads every asset's source)
         from flowstone.resources._runtime import RunResources
 
@@ -233,7 +233,7 @@ class Worker:
                 got = self.db.fetch(worker_id=self._current_id(), queues=self.queues, worker=self.name)
             except WorkerGone as gone:
                 with contextlib.suppress(Exception):
-                    self._register_again(int(gone.args[0]))
+                    self._register_again(gone.worker_id)
                 continue
             except Exception:
                 _log.exception("worker %s: fetching a step failed; trying again", self.name)
@@ -241,8 +241,9 @@ class Worker:
                 continue
             if got is False:
                 self._wake.wait(seen, self.config.poll_every)
-            elif isinstance(got, Claimed):
-                self.run_claimed(got)
+            while isinstance(got, Claimed):
+                finish, after = self.run_claimed(got)
+                got = self._record(got, finish, after)
 
     def _listen(self) -> None:
         """LISTEN on procrastinate's channels: wake one idle step thread per deferred job."""
@@ -316,35 +317,52 @@ class Worker:
         return max(3, policy.max_attempts) if policy else 3
 
     # ------------------------------------------------------------------ one job
-    def run_claimed(self, claimed: Claimed) -> None:
-        """Compute a claimed step and record its outcome."""
+    def run_claimed(self, claimed: Claimed) -> tuple[Finish, _After]:
+        """Compute a claimed step: how to record its outcome, and what to do once it is (or is
+        not) recorded. Whatever the asset or this code raises is the step's failure."""
         args = claimed.args
         flag, contexts = self._running.add(claimed.job_id)
         try:
-            self._run_claimed(claimed, contexts, flag.is_set)
+            return self._run_claimed(claimed, contexts, flag.is_set)
         except BaseException as exc:  # SystemExit from an asset, a bug here: not a stuck step
             _log.exception("step '%s' [%s] of run %s crashed", args.asset, args.partition, args.run)
             crashed = ExecutionError(
                 f"running asset '{args.asset}' raised {type(exc).__name__}: {exc}",
                 context={"asset": args.asset, "partition": args.partition, "worker": self.name},
             )
-            # Recorded unless the outcome was recorded already (then finish refuses: the step
-            # is no longer running) or the store is unreachable (then the reaper hands it on).
+            failure = self._failure_without_asset(claimed, crashed)
+            if isinstance(exc, (Exception, SystemExit)):
+                return failure
+            # Recorded unless the outcome was recorded already (then finish refuses: the step is
+            # no longer running) or the store is unreachable (then the reaper hands it on).
             with contextlib.suppress(Exception):
-                self._record_failure_without_asset(claimed, crashed)
-            if not isinstance(exc, (Exception, SystemExit)):
-                raise
+                self.db.finish(claimed, failure[0])
+            raise
         finally:
             self._running.remove(claimed.job_id)
 
-    def _finish(self, claimed: Claimed, finish: Finish) -> bool:
-        """``QueueDB.finish``, again and again while the store is unreachable (the value is
-        stored; recording it is all that is left), unless the worker is stopping: its job then
-        loses its worker and is reaped."""
+    def _record(self, claimed: Claimed, finish: Finish, after: _After) -> Claimed | bool:
+        """Record the outcome and, in the same transaction, take the next job (unless stopping):
+        one transaction per step, and a step's downstream job is often its thread's next.
+
+        Tried again and again while the store is unreachable (the value is stored; recording it
+        is all that is left), unless the worker is stopping: its job then loses its worker and
+        is reaped. Returns the next job's fetch (see ``QueueDB.fetch``)."""
         delay = 0.5
+        got: Claimed | bool
         while True:
             try:
-                return self.db.finish(claimed, finish)
+                if self._stop.is_set():
+                    recorded, got = self.db.finish(claimed, finish), False
+                else:
+                    recorded, got = self.db.finish_and_fetch(
+                        claimed, finish, worker_id=self._current_id(), queues=self.queues, worker=self.name
+                    )
+            except WorkerGone as gone:
+                after(gone.recorded)
+                with contextlib.suppress(Exception):
+                    self._register_again(gone.worker_id)
+                return False
             except StoreError:
                 if self._stop.is_set():
                     raise
@@ -353,6 +371,9 @@ class Worker:
                 )
                 self._stop.wait(delay)
                 delay = min(5.0, delay * 2)
+                continue
+            after(recorded)
+            return got
 
     def _env(self, tenant: str, contexts: list[Context]) -> RunEnv:
         app = self.app
@@ -404,7 +425,7 @@ class Worker:
 
     def _run_claimed(
         self, claimed: Claimed, contexts: list[Context], should_abort: Callable[[], bool] | None = None
-    ) -> None:
+    ) -> tuple[Finish, _After]:
         args = claimed.args
         env = self._env(args.tenant, contexts)
         key = (args.asset, args.partition)
@@ -429,8 +450,7 @@ class Worker:
             )
             computed = _Computed(utcnow(), 0.0, error=refused)
             if definition is None:
-                self._record_failure_without_asset(claimed, refused)
-                return
+                return self._failure_without_asset(claimed, refused)
         else:
             blocked = claimed.step.blocked
             if blocked is not None and blocked[0] == "wait":
@@ -483,7 +503,10 @@ class Worker:
                 approval_type=fields.approval_type,
                 now=fields.now,
             )
-            if self._finish(claimed, Finish(rows, False, approval=approval)):
+
+            def requested(recorded: bool) -> None:
+                if not recorded:
+                    return
                 from flowstone.checkpoints._api import _notify
 
                 event = Event(
@@ -498,7 +521,8 @@ class Worker:
                 record = self.app.approvals.store.get(tenant=args.tenant, approval_id=approval.approval_id)
                 if record is not None:
                     _notify(self.app.notifier, "requested", record)
-            return
+
+            return Finish(rows, False, approval=approval), requested
         if error is None:
             stored = computed.stored
             event = Event(
@@ -580,16 +604,20 @@ class Worker:
                 )
                 rows.finish_step(tenant=args.tenant, outcome=StepOutcome(claimed.step_id, mat, (), event))
                 finish = Finish(rows, False, error=error, materialization_id=mat.id)
-        if self._finish(claimed, finish):
-            self.app.events.emit(event)
-        else:
-            _log.warning(
-                "step '%s' [%s] of run %s was handed to another job while this one ran; its outcome "
-                "is not recorded",
-                args.asset,
-                args.partition,
-                args.run,
-            )
+
+        def emit(recorded: bool) -> None:
+            if recorded:
+                self.app.events.emit(event)
+            else:
+                _log.warning(
+                    "step '%s' [%s] of run %s was handed to another job while this one ran; its "
+                    "outcome is not recorded",
+                    args.asset,
+                    args.partition,
+                    args.run,
+                )
+
+        return finish, emit
 
     def _look_again(self, claimed: Claimed) -> tuple[str, str] | None:
         """A step waiting for upstream partitions that did not exist when its run was planned
@@ -629,7 +657,7 @@ class Worker:
     def _may_wait(self, claimed: Claimed) -> bool:
         return (utcnow() - claimed.run_created_at).total_seconds() < self.config.not_ready_for
 
-    def _record_failure_without_asset(self, claimed: Claimed, error: FlowStoneError) -> None:
+    def _failure_without_asset(self, claimed: Claimed, error: FlowStoneError) -> tuple[Finish, _After]:
         args = claimed.args
         rows = StepRows("postgresql")
         now = utcnow()
@@ -650,7 +678,12 @@ class Worker:
         )
         event = Event(STEP_FAILED, now, args.run, args.asset, args.partition, {"error": error.to_dict()})
         rows.calls.append(("event", [rows._event(args.tenant, event)]))
-        self._finish(claimed, Finish(rows, False, error=error))
+
+        def emit(recorded: bool) -> None:
+            if recorded:
+                self.app.events.emit(event)
+
+        return Finish(rows, False, error=error), emit
 
 
 __all__ = ["DEFAULT_QUEUE", "Worker"]

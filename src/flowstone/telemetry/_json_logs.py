@@ -255,7 +255,7 @@ class JsonLogs:
         Event types that can never reach ``level`` (I/O events below DEBUG) are not even built.
         """
         quiet = [t for t in ("step.started", "io.loaded", "io.stored") if _LEVELS[t] < self.level]
-        return _once(bus.subscribe(self, exclude=quiet))
+        return _once(bus.subscribe(self, exclude=quiet, batched=True))
 
     def __call__(self, event: Event) -> None:
         level = event_level(event)

@@ -161,9 +161,12 @@ class OpenTelemetrySpans:
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to ``bus``; returns the function that detaches again (safe to call twice)."""
-        return _once(bus.subscribe(self, exclude=() if self._io_events else ("io.loaded", "io.stored")))
+        excluded = () if self._io_events else ("io.loaded", "io.stored")
+        return _once(bus.subscribe(self, exclude=excluded, batched=True))
 
     def __call__(self, event: Event) -> None:
+        if not self._runs and event.type != "run.started":
+            return  # no run is being recorded (none started, or no SDK): nothing to add to
         handler = self._handlers.get(event.type)
         if handler is not None:
             handler(event)

@@ -144,7 +144,8 @@ class PrometheusMetrics:
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to ``bus``; returns the function that detaches again (safe to call twice)."""
-        return _once(bus.subscribe(self, exclude=_UNCOUNTED if self.io else (*_UNCOUNTED, *_IO)))
+        excluded = _UNCOUNTED if self.io else (*_UNCOUNTED, *_IO)
+        return _once(bus.subscribe(self, exclude=excluded, batched=True))
 
     def __call__(self, event: Event) -> None:
         handler = self._handlers.get(event.type)

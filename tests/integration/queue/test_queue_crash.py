@@ -120,8 +120,8 @@ def after(context, held):
     return held["base"] + "!"
 """
 
-# The worker records ``recorded``'s success (QueueDB.finish commits, ending the job in the same
-# transaction), then stops before it returns. The hold is fault injection in the worker process
+# The worker records ``recorded``'s success (QueueDB.finish_and_fetch commits, ending the job in
+# the same transaction), then stops before it returns. The hold is fault injection in the worker process
 # only (never in the test process that imports pipe.py).
 AFTER_RECORD = """
 import os
@@ -137,10 +137,10 @@ pipeline = fs.Pipeline("after_record")
 if Path(sys.argv[0]).name == "flowstone" and "worker" in sys.argv:
     from flowstone.queue import _db
 
-    _finish = _db.QueueDB.finish
+    _finish = _db.QueueDB.finish_and_fetch
 
-    def _finish_then_hold(self, claimed, outcome):
-        recorded = _finish(self, claimed, outcome)
+    def _finish_then_hold(self, claimed, outcome, **fetch):
+        recorded = _finish(self, claimed, outcome, **fetch)
         if claimed.args.asset == "recorded" and not (HERE / "release").exists():
             (HERE / f"recorded-{os.getpid()}").touch()
             deadline = time.monotonic() + 60
@@ -148,7 +148,7 @@ if Path(sys.argv[0]).name == "flowstone" and "worker" in sys.argv:
                 time.sleep(0.02)
         return recorded
 
-    _db.QueueDB.finish = _finish_then_hold
+    _db.QueueDB.finish_and_fetch = _finish_then_hold
 
 
 @pipeline.asset
