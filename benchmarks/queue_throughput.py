@@ -21,8 +21,9 @@ Targets: >= 300 steps/s on a 2-core host, median hand-off under 50 ms.
 
 Also printed: how the wall time divides per step (``claimed_to_compute`` and ``compute`` medians
 from the store's timestamps; with ``--split``, ``split_ms_per_step``: mean wall ms of claim,
-compute incl. load + store, finish and procrastinate's fetch / finish, and statements per step,
-from timers put into the workers), CPU ms per step of the workers, of the PostgreSQL backends
+compute incl. load + store, the transaction that records a step and takes the next, the claim
+and finish statements within it, and statements and commits per step, from timers put into the
+workers), CPU ms per step of the workers, of the PostgreSQL backends
 serving this benchmark (told apart by application_name) and of this process, how busy the host
 was and how much of that was ours (a shared host skews ``steps_per_s``; ``cpu_bound_steps_per_s``
 = 2 cores / our CPU per step is the steadier figure to compare). Prints one JSON line.
@@ -422,10 +423,10 @@ def plan_wide(app: fs.FlowStone, layers: int) -> Any:
 def split_per_step(split: dict[str, Any]) -> dict[str, Any]:
     jobs = max(1, int(split.get("job_n", 0)))
     out: dict[str, Any] = {"jobs_timed": jobs}
-    for key in ("job", "claim", "env", "compute", "finish", "proc_fetch", "proc_finish"):
+    for key in ("job", "fetch", "compute", "finish_and_fetch", "claim_stmt", "finish_stmts"):
         if f"{key}_s" in split:
             out[key] = round(split[f"{key}_s"] / max(1, split.get(f"{key}_n", 0)) * 1000, 3)
-    for key in ("sql_sync", "sql_async", "commit_sync", "commit_async"):
+    for key in ("sql", "commit"):
         if key in split:
             out[f"{key}_per_step"] = round(split[key] / jobs, 2)
     return out
@@ -461,60 +462,34 @@ class Timers:
 
         setattr(owner, attr, wrapper)
 
-    def timed_async(self, owner: Any, attr: str, name: str) -> None:
+    def counted(self, owner: Any, attr: str, name: str) -> None:
         original: Callable[..., Any] = getattr(owner, attr)
 
         @functools.wraps(original)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                self.add(name, time.perf_counter() - t0)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.count(name)
+            return original(*args, **kwargs)
 
         setattr(owner, attr, wrapper)
-
-    def counted(self, owner: Any, attr: str, name: str, *, is_async: bool = False) -> None:
-        original: Callable[..., Any] = getattr(owner, attr)
-        if is_async:
-
-            @functools.wraps(original)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                self.count(name)
-                return await original(*args, **kwargs)
-
-            setattr(owner, attr, async_wrapper)
-        else:
-
-            @functools.wraps(original)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                self.count(name)
-                return original(*args, **kwargs)
-
-            setattr(owner, attr, wrapper)
 
 
 def worker_shim(stats_path: str, cli_args: list[str]) -> None:
     """``flowstone worker`` with timers around each stage of a job; writes them at exit."""
     import psycopg
-    from procrastinate import manager
 
     from flowstone import cli
     from flowstone.queue import _db, _worker
 
     timers = Timers()
-    timers.timed(_worker.Worker, "run_job", "job")
-    timers.timed(_db.QueueDB, "claim", "claim")
-    timers.timed(_worker.Worker, "_env", "env")
+    timers.timed(_worker.Worker, "run_claimed", "job")  # compute and build the record
+    timers.timed(_db.QueueDB, "fetch", "fetch")  # when idle: fetch and claim alone
     timers.timed(_worker, "_compute", "compute")
-    timers.timed(_db.QueueDB, "finish", "finish")
-    timers.timed_async(manager.JobManager, "fetch_job", "proc_fetch")
-    timers.timed_async(manager.JobManager, "finish_job", "proc_finish")
-    for cls, is_async, kind in ((psycopg.Cursor, False, "sync"), (psycopg.AsyncCursor, True, "async")):
-        timers.counted(cls, "execute", f"sql_{kind}", is_async=is_async)
-        timers.counted(cls, "executemany", f"sql_{kind}", is_async=is_async)
-    timers.counted(psycopg.Connection, "commit", "commit_sync")
-    timers.counted(psycopg.AsyncConnection, "commit", "commit_async", is_async=True)
+    timers.timed(_db.QueueDB, "finish_and_fetch", "finish_and_fetch")  # the transaction per step
+    timers.timed(_db.QueueDB, "_claim_fast", "claim_stmt")
+    timers.timed(_db.QueueDB, "_finish_in", "finish_stmts")
+    timers.counted(psycopg.Cursor, "execute", "sql")
+    timers.counted(psycopg.Cursor, "executemany", "sql")
+    timers.counted(psycopg.Connection, "commit", "commit")
     try:
         cli.main(cli_args, standalone_mode=False)
     finally:

@@ -203,18 +203,30 @@ class EventBus:
                 self._wake_ticker()
 
     def flush(self) -> None:
-        """Deliver every event held for batched subscribers now, in order, on this thread."""
+        """Deliver every event held for batched subscribers now, on this thread.
+
+        Each subscriber takes the whole batch in turn (its code stays hot), in emission order.
+        """
         held = self._held
         if not held:
             return
         with self._delivering:
             while held:  # only a thread holding _delivering takes events out
-                event, subscribers = held.popleft()
-                for subscriber in subscribers:
-                    try:
-                        subscriber(event)
-                    except Exception:  # logged, as for a subscriber called at once
-                        _log.exception("event subscriber %r failed on %s", subscriber, event.type)
+                # Each subscriber's events, in order (by identity: a subscriber may be unhashable).
+                queues: dict[int, tuple[Subscriber, list[Event]]] = {}
+                for _ in range(len(held)):
+                    event, subscribers = held.popleft()
+                    for subscriber in subscribers:
+                        queue = queues.get(id(subscriber))
+                        if queue is None:
+                            queue = queues[id(subscriber)] = (subscriber, [])
+                        queue[1].append(event)
+                for subscriber, events in queues.values():
+                    for event in events:
+                        try:
+                            subscriber(event)
+                        except Exception:  # logged, as for a subscriber called at once
+                            _log.exception("event subscriber %r failed on %s", subscriber, event.type)
 
     def _wake_ticker(self) -> None:
         ticker = self._ticker
@@ -256,7 +268,9 @@ class _Ticker:
         return self._stopped.is_set()
 
     def wake(self) -> None:
-        self._pending.set()
+        pending = self._pending
+        if not pending.is_set():  # set already while a batch waits its turn: no call, no wake-up
+            pending.set()
 
     def stop(self) -> None:
         self._stopped.set()

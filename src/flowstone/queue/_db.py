@@ -306,6 +306,26 @@ RETURNING s.id, s.run_id, s.asset, s.partition_key, s.waiting, s.status, s.spec-
 """
 
 
+# A run's steps are counted down in this many buckets (by position), each a row of
+# flowstone_run_buckets; the run's own steps_left drops by a bucket's size when it empties.
+_BUCKETS = 64
+
+_COUNT_DOWN = """
+WITH done AS (
+    SELECT s.run_id, s.position %% %s AS bucket, count(*) AS n
+    FROM flowstone_run_steps s WHERE s.id = ANY(%s) GROUP BY 1, 2
+), counted AS (
+    UPDATE flowstone_run_buckets b SET steps_left = b.steps_left - done.n FROM done
+    WHERE b.run_id = done.run_id AND b.bucket = done.bucket
+    RETURNING b.run_id, b.size, b.steps_left
+)
+SELECT c.run_id, coalesce(sum(c.size) FILTER (WHERE c.steps_left = 0), 0),
+    EXISTS (SELECT 1 FROM flowstone_approvals a WHERE a.run_id = c.run_id
+        AND a.status IN ('pending', 'escalated'))
+FROM counted c GROUP BY c.run_id ORDER BY c.run_id
+"""
+
+
 class QueueDB:
     """Transactions of the run queue. One per process; thread-safe (a connection per call)."""
 
@@ -537,6 +557,12 @@ class QueueDB:
                     " VALUES (%s, %s, %s, %s)",
                     deps,
                 )
+            cur.execute(
+                "INSERT INTO flowstone_run_buckets (run_id, bucket, size, steps_left) SELECT run_id,"
+                " position %% %s, count(*), count(*) FROM flowstone_run_steps WHERE run_id = %s"
+                " GROUP BY 1, 2",
+                (_BUCKETS, run_id),
+            )
             cur.execute(
                 "INSERT INTO flowstone_audit_log (tenant_id, at, actor, actor_type, action,"
                 " resource_type, resource_id, details) VALUES (%s, %s, %s, %s, 'materialize', 'run',"
@@ -777,7 +803,7 @@ class QueueDB:
         if cancel:
             self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
             self._unjoin([step_id], cur, args.tenant)
-            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            self._count_down(cur, args.tenant, [step_id], now)
             return None
         return Later(f"'{args.asset}' [{args.partition}] is running in another run", self.config.backoff)
 
@@ -849,7 +875,7 @@ class QueueDB:
         if cancel:
             self._skip(cur, args.tenant, [step_id], "cancelled before it started", "cancelled", now)
             self._unjoin([step_id], cur, args.tenant)
-            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            self._count_down(cur, args.tenant, [step_id], now)
             return None
         queue = self._queue_of(args.asset)
         pool = self._pool_of(args.asset)
@@ -1059,7 +1085,7 @@ class QueueDB:
                 now,
             )
             self._unjoin([claimed.step_id], cur, args.tenant)
-            self._count_down(cur, args.tenant, {args.run: 1}, now)
+            self._count_down(cur, args.tenant, [claimed.step_id], now)
             return True
         self._settled(
             cur,
@@ -1190,7 +1216,7 @@ class QueueDB:
             )
             followers = cur.fetchall()
         settled = [step_id, *(f[0] for f in followers)]
-        counts: dict[str, int] = {run_id: 1}
+        done = list(settled)  # steps that reached a final state here
         if followers:
             status = _SUCCEEDED if success else _FAILED
             cur.executemany(
@@ -1211,7 +1237,6 @@ class QueueDB:
                 ],
             )
             for f in followers:
-                counts[f[1]] = counts.get(f[1], 0) + 1
                 self._event(
                     cur,
                     tenant,
@@ -1223,17 +1248,16 @@ class QueueDB:
                     now,
                 )
         if success:
-            self._release(cur, tenant, settled, counts, now)
+            self._release(cur, tenant, settled, done, now)
         else:
             assert error is not None
-            skipped = self._skip_downstream(cur, tenant, settled, error, now)
-            for sid_run in skipped:
-                counts[sid_run] = counts.get(sid_run, 0) + 1
-        self._count_down(cur, tenant, counts, now)
+            done.extend(self._skip_downstream(cur, tenant, settled, error, now))
+        self._count_down(cur, tenant, done, now)
 
-    def _release(self, cur: Any, tenant: str, done: list[str], counts: dict[str, int], now: datetime) -> None:
-        """Count down the steps waiting for ``done``; enqueue those that reach 0."""
-        cur.execute(_RELEASE, (done, done, tenant))
+    def _release(self, cur: Any, tenant: str, finished: list[str], done: list[str], now: datetime) -> None:
+        """Count down the steps waiting for ``finished``; enqueue those that reach 0 (those of a
+        cancelled run are skipped and added to ``done``)."""
+        cur.execute(_RELEASE, (finished, finished, tenant))
         ready = [r for r in cur.fetchall() if r[4] <= 0 and r[5] == _PENDING]
         if not ready:
             return
@@ -1243,8 +1267,7 @@ class QueueDB:
             self._skip(
                 cur, tenant, [r[0] for r in cancelled], "cancelled before it started", "cancelled", now
             )
-            for r in cancelled:
-                counts[r[1]] = counts.get(r[1], 0) + 1
+            done.extend(r[0] for r in cancelled)
         # One above the run's own: a step whose upstream just finished goes before the run's
         # steps that have waited in the queue since submit (depth first, so the hand-off does
         # not wait behind a wide layer), never before a run of a higher class.
@@ -1298,7 +1321,7 @@ class QueueDB:
     def _skip_downstream(
         self, cur: Any, tenant: str, failed: list[str], error: FlowStoneError, now: datetime
     ) -> list[str]:
-        """Skip every step downstream of ``failed`` (with dependency_failed); their run ids."""
+        """Skip every step downstream of ``failed`` (with dependency_failed); their ids."""
         cur.execute(
             "WITH RECURSIVE down(id) AS (SELECT step_id FROM flowstone_run_step_deps WHERE"
             " upstream_step_id = ANY(%s) UNION SELECT d.step_id FROM flowstone_run_step_deps d"
@@ -1313,22 +1336,31 @@ class QueueDB:
         upstream = cur.fetchone()[0]
         reason = f"upstream '{upstream}' failed"
         rows = self._skip(cur, tenant, [d[0] for d in down], reason, DependencyFailed.type, now)
-        return [r[1] for r in rows]
+        return [r[0] for r in rows]
 
-    def _count_down(self, cur: Any, tenant: str, counts: Mapping[str, int], now: datetime) -> None:
-        """Steps of these runs reached a final state; a run whose last step did ends."""
-        for run_id in sorted(counts):
+    def _count_down(self, cur: Any, tenant: str, step_ids: Sequence[str], now: datetime) -> None:
+        """These steps reached a final state; a run whose last step did ends.
+
+        Counted in the run's buckets (``_COUNT_DOWN``), the run itself only when one of them
+        empties: concurrent finishes of one run then rarely wait for each other's commit."""
+        if not step_ids:
+            return
+        cur.execute(_COUNT_DOWN, (_BUCKETS, list(step_ids)))
+        for run_id, emptied, gated in cur.fetchall():
+            if not emptied:
+                if gated:
+                    self._maybe_pause(cur, run_id)
+                continue
             cur.execute(
-                "UPDATE flowstone_runs SET steps_left = steps_left - %s WHERE id = %s"
-                " RETURNING steps_left, backfill_id, EXISTS (SELECT 1 FROM flowstone_approvals"
-                " WHERE run_id = %s AND status IN ('pending', 'escalated'))",
-                (counts[run_id], run_id, run_id),
+                "UPDATE flowstone_runs SET steps_left = steps_left - %s WHERE id = %s RETURNING steps_left,"
+                " backfill_id",
+                (emptied, run_id),
             )
             row = cur.fetchone()
             if row is None:
                 continue
             if row[0] > 0:
-                if row[2]:
+                if gated:
                     self._maybe_pause(cur, run_id)
                 continue
             cur.execute(
@@ -1437,7 +1469,7 @@ class QueueDB:
             )
             self._unjoin([r[0] for r in skipped], cur, tenant)
             if skipped:
-                self._count_down(cur, tenant, {run_id: len(skipped)}, now)
+                self._count_down(cur, tenant, [r[0] for r in skipped], now)
 
         self._retrying(sweep, what="cancelling a run's steps")
         return True
@@ -1504,7 +1536,7 @@ class QueueDB:
                     cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (step_id,))
                     self._skip(cur, args.tenant, [step_id], "cancelled", "cancelled", now)
                     self._unjoin([step_id], cur, args.tenant)
-                    self._count_down(cur, args.tenant, {args.run: 1}, now)
+                    self._count_down(cur, args.tenant, [step_id], now)
                     continue
                 if worker_lost and args.attempt >= max_attempts(args.asset):
                     error = ExecutionError(message + "; no attempts left")

@@ -108,6 +108,21 @@ run_step_deps = sa.Table(
     sa.Index("ix_flowstone_run_step_deps_step", "step_id"),
 )
 
+# Queue runs: finished steps are counted down in buckets (by position), so that concurrent
+# finishes of one run rarely lock the same row; the run's steps_left drops by a bucket's size
+# when the bucket empties, and the run ends when that reaches 0.
+run_buckets = sa.Table(
+    "flowstone_run_buckets",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(_ID), sa.ForeignKey("flowstone_runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("bucket", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("steps_left", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("run_id", "bucket", name="pk_flowstone_run_buckets"),
+)
+
 # At most one running materialization per (tenant, asset, partition), whoever runs it: a worker
 # inserts its claim in the transaction that starts the step and deletes it in the one that
 # records the outcome. The primary key is the guarantee; the reaper frees claims of dead workers.
