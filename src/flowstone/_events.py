@@ -186,8 +186,8 @@ class EventBus:
     def emit(self, event: Event) -> None:
         """Hand ``event`` to its subscribers: now on this thread, or held for batched ones."""
         now, later, drain = self._subscriptions.route(event.type)
-        if drain and self._held:
-            self.flush()  # batched subscribers see every event in order
+        if drain:  # batched subscribers get every earlier event first (a few such events per run)
+            self.flush()
         for subscriber in now:
             try:
                 subscriber(event)
@@ -205,11 +205,11 @@ class EventBus:
     def flush(self) -> None:
         """Deliver every event held for batched subscribers now, on this thread.
 
-        Each subscriber takes the whole batch in turn (its code stays hot), in emission order.
+        When it returns, every event emitted before the call has reached them: a delivery under
+        way on another thread is waited for. Each subscriber takes the whole batch in turn (its
+        code stays hot), its events in the order they were emitted.
         """
         held = self._held
-        if not held:
-            return
         with self._delivering:
             while held:  # only a thread holding _delivering takes events out
                 # Each subscriber's events, in order (by identity: a subscriber may be unhashable).
@@ -254,14 +254,14 @@ class _Ticker:
     def __init__(self, bus: EventBus) -> None:
         self._pending = threading.Event()  # set when a batch starts (or to stop)
         self._stopped = threading.Event()
-        thread = threading.Thread(
+        self.thread = threading.Thread(
             target=self._run,
             args=(weakref.ref(bus), bus.batch_delay),
             name="flowstone-events",
             daemon=True,
         )
-        weakref.finalize(bus, self.stop)
-        thread.start()
+        self._finalizer = weakref.finalize(bus, self.stop)
+        self.thread.start()
 
     @property
     def stopped(self) -> bool:
@@ -273,6 +273,7 @@ class _Ticker:
             pending.set()
 
     def stop(self) -> None:
+        self._finalizer.detach()
         self._stopped.set()
         self._pending.set()
 
@@ -286,7 +287,10 @@ class _Ticker:
             bus = bus_ref()
             if bus is None:
                 return
-            bus.flush()
+            try:
+                bus.flush()  # subscribers' errors are logged there; this is for anything else
+            except Exception:
+                _log.exception("delivering held events failed")
             del bus
 
 

@@ -212,6 +212,7 @@ def test_a_run_records_run_steps_materializations_lineage_events_and_audit(make_
             t.backfills,
             t.dynamic_partitions,
             t.run_step_deps,
+            t.run_buckets,
             t.step_claims,
             t.approvals,
             t.automation_state,

@@ -558,10 +558,10 @@ class QueueDB:
                     deps,
                 )
             cur.execute(
-                "INSERT INTO flowstone_run_buckets (run_id, bucket, size, steps_left) SELECT run_id,"
-                " position %% %s, count(*), count(*) FROM flowstone_run_steps WHERE run_id = %s"
-                " GROUP BY 1, 2",
-                (_BUCKETS, run_id),
+                "INSERT INTO flowstone_run_buckets (tenant_id, run_id, bucket, size, steps_left)"
+                " SELECT %s, run_id, position %% %s, count(*), count(*) FROM flowstone_run_steps"
+                " WHERE run_id = %s GROUP BY 2, 3",
+                (tenant, _BUCKETS, run_id),
             )
             cur.execute(
                 "INSERT INTO flowstone_audit_log (tenant_id, at, actor, actor_type, action,"

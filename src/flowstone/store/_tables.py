@@ -114,6 +114,7 @@ run_step_deps = sa.Table(
 run_buckets = sa.Table(
     "flowstone_run_buckets",
     metadata,
+    _tenant(),
     sa.Column(
         "run_id", sa.String(_ID), sa.ForeignKey("flowstone_runs.id", ondelete="CASCADE"), nullable=False
     ),

@@ -20,6 +20,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "flowstone_run_buckets",
+        sa.Column("tenant_id", sa.String(length=64), server_default="default", nullable=False),
         sa.Column("run_id", sa.String(length=32), nullable=False),
         sa.Column("bucket", sa.Integer(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
@@ -29,8 +30,8 @@ def upgrade() -> None:
     )
     # Queue runs submitted before this revision count down in one bucket of their remaining steps.
     op.execute(
-        "INSERT INTO flowstone_run_buckets (run_id, bucket, size, steps_left)"
-        " SELECT id, 0, steps_left, steps_left FROM flowstone_runs"
+        "INSERT INTO flowstone_run_buckets (tenant_id, run_id, bucket, size, steps_left)"
+        " SELECT tenant_id, id, 0, steps_left, steps_left FROM flowstone_runs"
         " WHERE executor = 'queue' AND steps_left > 0"
     )
 
