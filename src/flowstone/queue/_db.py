@@ -1032,7 +1032,7 @@ class QueueDB:
         if outcome.not_ready_delay is not None and not cancel:
             # Not an attempt: the step goes back to waiting for its upstream.
             cur.execute("UPDATE flowstone_run_steps SET status = 'queued' WHERE id = %s", (claimed.step_id,))
-            outcome.rows.apply(cur)
+            outcome.rows.apply(cur, combined=True)
             item = _ToEnqueue(
                 claimed.step_id,
                 args.run,
@@ -1045,7 +1045,7 @@ class QueueDB:
             )
             self._defer(cur, args.tenant, [item], {args.asset: args.code})
             return True
-        outcome.rows.apply(cur)
+        outcome.rows.apply(cur, combined=True)
         if outcome.approval is not None and not cancel:
             # The gate's value is stored; the step waits for a person, holding no worker.
             self._open_approval(cur, args, claimed.step_id, outcome.approval)

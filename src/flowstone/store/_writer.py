@@ -269,6 +269,39 @@ def apply_calls(cursor: Any, sql: dict[str, _Compiled], calls: Sequence[tuple[st
             cursor.executemany(statement.sql, list(map(statement.params, rows)))
 
 
+@cache
+def _combined_sql(dialect_name: str, shape: tuple[tuple[str, int], ...]) -> str:
+    """One PostgreSQL statement running the statements of ``shape`` (name, rows), each row as a
+    data-modifying CTE: one round trip where ``apply_calls`` makes one per statement. Their
+    positional parameters follow one another in the order of the text."""
+    sql = _compiled(dialect_name)
+    parts = [sql[name].sql for name, count in shape for _ in range(count)]
+    heads = [f"w{i} AS ({part})" for i, part in enumerate(parts[:-1])]
+    return (f"WITH {', '.join(heads)} " if heads else "") + parts[-1]
+
+
+def apply_combined(cursor: Any, dialect_name: str, calls: Sequence[tuple[str, Any]]) -> None:
+    """``apply_calls`` in one statement (PostgreSQL). For rows that no two statements touch
+    alike: every part sees the same snapshot, so none may depend on another's writes (foreign
+    keys are checked at the end of the statement, and hold)."""
+    grouped: dict[str, list[Any]] = {}
+    for name, given in calls:
+        rows = grouped.setdefault(name, [])
+        if isinstance(given, list):
+            rows.extend(given)
+        else:
+            rows.append(given)
+    order = [name for name in sorted(grouped, key=_FLUSH_ORDER.index) if grouped[name]]
+    if not order:
+        return
+    sql = _compiled(dialect_name)
+    params: list[Any] = []
+    for name in order:
+        for row in grouped[name]:
+            params.extend(sql[name].params(row))
+    cursor.execute(_combined_sql(dialect_name, tuple((n, len(grouped[n])) for n in order)), params)
+
+
 class StepRows:
     """Builds the rows of step transitions. :class:`RunWriter` buffers them for group commit;
     the run queue applies them (:meth:`apply`) inside its own transactions."""
@@ -285,10 +318,15 @@ class StepRows:
     def _write(self, calls: Sequence[tuple[str, Any]]) -> None:
         self.calls.extend(calls)
 
-    def apply(self, cursor: Any) -> None:
-        """Execute the rows built so far on ``cursor`` (the caller commits) and forget them."""
+    def apply(self, cursor: Any, *, combined: bool = False) -> None:
+        """Execute the rows built so far on ``cursor`` (the caller commits) and forget them.
+
+        ``combined`` (PostgreSQL, rows of one step's outcome): in one statement."""
         calls, self.calls = self.calls, []
-        apply_calls(cursor, self._sql, calls)
+        if combined and self.dialect == "postgresql" and not any(n == "start_step" for n, _ in calls):
+            apply_combined(cursor, self.dialect, calls)
+        else:
+            apply_calls(cursor, self._sql, calls)
 
     def _event(self, tenant: str, event: Event) -> dict[str, Any]:
         return {
