@@ -705,6 +705,25 @@ class QueueDB:
             ).to_json()
             for i in items
         ]
+        if len(items) == 1:
+            # One job (a hand-off to one downstream step, a retry): deferred and given to its
+            # step in one statement (the function runs once, as an init plan).
+            (item,) = items
+            cur.execute(
+                "UPDATE flowstone_run_steps SET job_id = (SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(%s,"
+                " %s, %s, NULL, NULL, %s::jsonb, %s)::procrastinate_job_to_defer_v1]))[1]), attempt = %s,"
+                " status = CASE WHEN status = 'retrying' THEN 'retrying' ELSE 'queued' END WHERE id = %s",
+                (
+                    item.queue,
+                    TASK_NAME,
+                    item.priority,
+                    args[0],
+                    now + timedelta(seconds=item.delay) if item.delay > 0 else None,
+                    item.attempt,
+                    item.step_id,
+                ),
+            )
+            return
         cur.execute(
             "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY(SELECT ROW(x.queue, %s, x.priority,"
             " NULL, NULL, x.args::jsonb, x.at)::procrastinate_job_to_defer_v1 FROM unnest(%s::text[],"
