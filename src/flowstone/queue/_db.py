@@ -1591,6 +1591,25 @@ class QueueDB:
 
         return self._retrying(work, what="reaping stalled steps")
 
+    def pause_gated_runs(self) -> int:
+        """Runs whose only unfinished steps wait behind open approval requests show
+        ``waiting_approval``. Normally set by the transaction that opens the request or finishes
+        the last other step; when those two commit at once neither sees the other, and this
+        (in every worker's housekeeping) settles it. Returns how many runs it paused."""
+
+        def work(cur: Any) -> int:
+            cur.execute(
+                "UPDATE flowstone_runs r SET status = 'waiting_approval'"
+                " WHERE r.status IN ('queued', 'running') AND r.executor = 'queue'"
+                " AND EXISTS (SELECT 1 FROM flowstone_approvals a WHERE a.run_id = r.id"
+                " AND a.status IN ('pending', 'escalated')) AND NOT EXISTS (SELECT 1 FROM"
+                " flowstone_run_steps s WHERE s.run_id = r.id"
+                " AND s.status IN ('queued', 'running', 'retrying'))"
+            )
+            return int(cur.rowcount)
+
+        return self._retrying(work, what="pausing runs at their gates")
+
     @staticmethod
     def _try_lock(cur: Any, key: int) -> bool:
         cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,))

@@ -304,6 +304,7 @@ class Worker:
                     self.db.prune_jobs(older_than=self.config.retention)
                     self.app.prune_events()
                 if self.app.pipeline.checkpoints:
+                    self.db.pause_gated_runs()
                     # Checkpoint timeouts: decisions are conditional updates, so several
                     # workers (and daemons) doing this at once decide each request once.
                     for approval_id, what in self.app.approvals.process_timeouts():

@@ -115,3 +115,26 @@ def test_workers_enforce_gate_timeouts(queue_project: Callable[..., QueueProject
     [decided] = app.approvals.find(checkpoint="quick_review")
     assert (decided.status.value, decided.decided_by) == ("approved", "system:timeout")
     assert app.load("quick_report") == 3
+
+
+def test_a_run_left_running_behind_its_gate_is_paused_by_the_workers(
+    queue_project: Callable[..., QueueProject],
+) -> None:
+    """The gate's request and the run's last other step can commit at once, each transaction
+    blind to the other: the run then shows 'running' with nothing to run. Every worker's
+    housekeeping settles it (here the race is staged by resetting the status by hand)."""
+    project = queue_project(GATED)
+    app = project.app()
+    run_id = app.submit(["report", "side"])
+    project.start_worker("--concurrency", "2")
+    assert app.wait_run(run_id, timeout=60).status is fs.RunStatus.WAITING_APPROVAL, project.logs()
+    project.sql("UPDATE flowstone_runs SET status = 'running' WHERE id = :run", {"run": run_id})
+    wait_for(
+        lambda: project.sql("SELECT status FROM flowstone_runs WHERE id = :run", {"run": run_id})
+        == [("waiting_approval",)],
+        timeout=30,
+        what="the worker's housekeeping to pause the run again",
+    )
+    [request] = app.approvals.pending()
+    app.approvals.approve(request.id, by="ana")
+    assert app.wait_run(run_id, timeout=60).status is fs.RunStatus.SUCCEEDED, project.logs()
