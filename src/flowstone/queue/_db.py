@@ -1,21 +1,29 @@
 """The queue's bookkeeping on PostgreSQL: every state change of a queue run is one transaction.
 
-procrastinate stores and hands out the jobs; everything that decides *what* may run lives in our
-tables and changes together with the job table, in the same transaction:
+Jobs live in procrastinate's job table and move through its own SQL functions (defer, fetch,
+finish, cancel, worker registration); everything that decides *what* may run lives in our tables
+and changes together with the job table, in the same transaction:
 
-- **submit**: the run, its steps, their dependencies and the jobs of the steps that can start
-  commit together (a crash in between leaves neither);
-- **claim**: a worker starts a step by inserting its row in ``flowstone_step_claims`` (primary
-  key tenant, asset, partition: at most one running anywhere) after checking the pool, queue and
-  tenant limits under an advisory lock;
-- **finish**: the materialization, lineage, step status, the claim's release, the hand-off to
-  the downstream steps that became ready (their jobs are deferred here), the retry's job or the
-  skipping of the downstream, and the end of the run all commit together. Only the job that owns
-  the step (``run_steps.job_id``) may record its outcome, so a worker presumed dead that comes
-  back cannot record a second success.
+- **submit**: the run, its steps, their dependencies, its count-down buckets and the jobs of the
+  steps that can start commit together (a crash in between leaves neither);
+- **fetch and claim**: procrastinate's fetch takes the highest-priority ready job and, in the
+  same transaction, the worker starts its step by inserting its row in ``flowstone_step_claims``
+  (primary key tenant, asset, partition: at most one running anywhere), after checking the pool,
+  queue and tenant limits under advisory locks when there are any;
+- **finish**: the materialization, lineage, step status, the claim's release, the end of the job,
+  the hand-off to the downstream steps that became ready (their jobs are deferred here), the
+  retry's job or the skipping of the downstream, and the end of the run all commit together,
+  usually with the thread's next fetch and claim (``finish_and_fetch``): one transaction per
+  step. Only the job that owns the step (``run_steps.job_id``) may record its outcome, so a
+  worker presumed dead that comes back cannot record a second success.
+
+A run's finished steps are counted down in buckets (``flowstone_run_buckets``), the run's own
+row only when a bucket empties: with one counter on the run row, every finish of a wide run
+queued behind the previous one's commit.
 
 SQL is written for PostgreSQL and run on the driver connection: per step these few statements
-are the whole cost of the queue, so nothing is built per call.
+(about seven, most of them CTEs doing several writes) are the whole cost of the queue, so
+nothing is built per call.
 """
 
 from __future__ import annotations
