@@ -5,8 +5,16 @@ Adapters as a production process would run them, minus the network: JSON logs at
 stream that discards, OpenTelemetry spans through the SDK with a span processor that exports to
 nowhere, in-process Prometheus metrics. ``all_otel_api_only`` is the same with the OpenTelemetry
 API alone (what ``flowstone[otel]`` installs; spans are recorded once an SDK is configured), so
-the SDK's own cost per span shows apart from FlowStone's. Configurations alternate within each
-repeat so drift on a shared host hits them alike; figures are medians. Prints one JSON line.
+the SDK's own cost per span shows apart from FlowStone's. ``otel_sdk_floor_pct`` is what the
+SDK alone takes for the same spans (a run span and N step spans with the same attributes and
+explicit times, started and ended in a tight loop, no FlowStone), against the run with
+telemetry off: a lower bound of what recording every span costs, whoever makes them.
+Configurations alternate within each repeat so drift on a shared host hits them alike; figures
+are medians. Each repeat runs on a fresh store (after one warm-up run), with the configurations
+in a rotated order: a run takes longer as the store grows (on one store ``off`` went from 0.17 s
+to 0.33 s over 200 runs), which would make the baseline grow with the number of runs and shrink
+every percentage. So the baseline is that of ``chain.py`` (a young store), as in the issue.
+Prints one JSON line.
 
     python benchmarks/telemetry.py [N=1000] [M=1000000]
 """
@@ -70,33 +78,84 @@ def configurations(provider: TracerProvider) -> dict[str, Callable[[fs.FlowStone
         "json_logs_and_prometheus": lambda app: enable(app, json_logs=logs, prometheus=metrics),
         "all_otel_api_only": lambda app: enable(app, json_logs=logs, otel=api_spans, prometheus=metrics),
         "all": lambda app: enable(app, json_logs=logs, otel=spans, prometheus=metrics),
+        # The same, each event delivered as it is emitted: what batching step events saves.
+        "all_unbatched": lambda app: detach_all(
+            [adapter.attach(app.events, batched=False) for adapter in (logs, spans, metrics)]
+        ),
     }
 
 
-def overhead(n: int) -> dict[str, Any]:
-    url, directory = temp_store()
-    app = fs.FlowStone(build(n), store=url)
-    configs = configurations(tracer_provider())
-    times: dict[str, list[float]] = {name: [] for name in configs}
+def detach_all(detachers: list[Callable[[], None]]) -> Callable[[], None]:
+    def detach() -> None:
+        for undo in reversed(detachers):
+            undo()
 
-    def materialize() -> None:
+    return detach
+
+
+def sdk_spans(provider: TracerProvider, n: int) -> float:
+    """Seconds the SDK takes to record a run's spans by itself: one run span, ``n`` step spans."""
+    tracer = trace.get_tracer("floor", tracer_provider=provider)
+    start = time.time_ns()
+    t0 = time.perf_counter()
+    run = tracer.start_span("flowstone.run", attributes={"flowstone.run_id": "r"}, start_time=start)
+    context = trace.set_span_in_context(run)
+    for i in range(n):
+        tracer.start_span(
+            f"flowstone.step a{i}",
+            context=context,
+            attributes={
+                "flowstone.asset": f"a{i}",
+                "flowstone.status": "succeeded",
+                "flowstone.duration_ms": 0.1,
+            },
+            start_time=start + i,
+        ).end(end_time=start + i + 1)
+    run.end(end_time=start + n)
+    return time.perf_counter() - t0
+
+
+def overhead(n: int) -> dict[str, Any]:
+    pipeline = build(n)
+    provider = tracer_provider()
+    configs = configurations(provider)
+    names = list(configs)
+    times: dict[str, list[float]] = {name: [] for name in [*names, "sdk_floor"]}
+
+    def materialize(app: fs.FlowStone) -> None:
         run = app.materialize([f"+a{n - 1}"], force=True)
         assert run.success and len(run.steps) == n
 
-    for attach in configs.values():  # warm-up: compiled SQL, first imports, first spans
+    def fresh() -> tuple[fs.FlowStone, Callable[[], None]]:
+        url, directory = temp_store()
+        app = fs.FlowStone(pipeline, store=url)
+        materialize(app)  # warm-up: the store's compiled SQL, its first writes
+
+        def close() -> None:
+            app.close()
+            shutil.rmtree(directory)
+
+        return app, close
+
+    app, close = fresh()
+    for attach in configs.values():  # warm-up: first imports, first spans, metric label sets
         detach = attach(app)
-        materialize()
+        materialize(app)
         detach()
-    for _ in range(REPEATS):
-        for name, attach in configs.items():
-            detach = attach(app)
+    close()
+    for repeat in range(REPEATS):
+        app, close = fresh()
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            detach = configs[name](app)
             gc.collect()  # garbage left by the previous configuration is not this one's cost
             t0 = time.perf_counter()
-            materialize()
+            materialize(app)
             times[name].append(time.perf_counter() - t0)
             detach()
-    app.close()
-    shutil.rmtree(directory)
+        close()
+        gc.collect()
+        times["sdk_floor"].append(sdk_spans(provider, n))
     median = {name: statistics.median(values) for name, values in times.items()}
     off = median["off"]
     return {
@@ -104,6 +163,7 @@ def overhead(n: int) -> dict[str, Any]:
         "on_s": round(median["all"], 4),
         "overhead_pct": round((median["all"] / off - 1) * 100, 1),
         "overhead_otel_api_only_pct": round((median["all_otel_api_only"] / off - 1) * 100, 1),
+        "otel_sdk_floor_pct": round(median["sdk_floor"] / off * 100, 1),
         "per_adapter_overhead_pct": {
             name: round((median[name] / off - 1) * 100, 1) for name in configs if name not in ("off", "all")
         },

@@ -10,9 +10,10 @@ telemetry adapters do): handling a few dozen events in a row costs it markedly l
 a time between the engine's own work, since its code and data stay in the CPU's caches. Those
 events (``BATCHED_TYPES``) are held, in order, and delivered when ``batch_size`` are held, when
 any other event is emitted (``run.finished`` among them: a run's events are all delivered before
-``materialize`` returns), on ``flush()``, or by a background thread once they have waited about
-``batch_delay`` seconds (a long step emits nothing else meanwhile). Each event keeps its own
-timestamp; it may be delivered on another thread than the one that emitted it.
+``materialize`` returns), on ``flush()``, or by a background thread once they have waited
+``batch_delay`` seconds (a long step emits nothing else meanwhile; an event waits at most about
+twice that). Each event keeps its own timestamp; it may be delivered on another thread than the
+one that emitted it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -123,7 +125,7 @@ class EventBus:
     event as it is emitted.
     """
 
-    def __init__(self, *, batch_size: int = 64, batch_delay: float = 0.1) -> None:
+    def __init__(self, *, batch_size: int = 64, batch_delay: float = 0.5) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if not batch_delay > 0:
@@ -134,6 +136,7 @@ class EventBus:
         # Events held for batched subscribers, each with the ones it goes to: appended by any
         # thread, taken out only under ``_delivering`` (so in order, one batch at a time).
         self._held: deque[tuple[Event, tuple[Subscriber, ...]]] = deque()
+        self._held_since = 0.0  # time.monotonic() when the first of them was held
         self._delivering = threading.RLock()
         self._ticker: _Ticker | None = None
         _BUSES.add(self)
@@ -159,6 +162,10 @@ class EventBus:
         entry: Entry = (subscriber, frozenset(exclude), batched)
         with _SUBSCRIBING:
             self._subscriptions = _Subscriptions([*self._entries, entry])
+        if batched:
+            # Started now, not when a run holds its first events: a thread starting or waking
+            # in the middle of a run slows that run down far more than its own work takes.
+            self._start_ticker()
 
         def unsubscribe() -> None:
             with _SUBSCRIBING:
@@ -199,8 +206,10 @@ class EventBus:
             count = len(held)
             if count >= self.batch_size:
                 self.flush()
-            elif count == 1:  # a new batch: make sure it is delivered within batch_delay
-                self._wake_ticker()
+            elif count == 1:  # a new batch: the ticker delivers it if it waits batch_delay
+                self._held_since = time.monotonic()
+                if self._ticker is None:  # none yet in a forked child, say
+                    self._start_ticker()
 
     def flush(self) -> None:
         """Deliver every event held for batched subscribers now, on this thread.
@@ -228,14 +237,10 @@ class EventBus:
                         except Exception:  # logged, as for a subscriber called at once
                             _log.exception("event subscriber %r failed on %s", subscriber, event.type)
 
-    def _wake_ticker(self) -> None:
-        ticker = self._ticker
-        if ticker is None or ticker.stopped:
-            with _SUBSCRIBING:
-                ticker = self._ticker
-                if ticker is None or ticker.stopped:  # none yet, or stopped by an unsubscribe
-                    ticker = self._ticker = _Ticker(self)
-        ticker.wake()
+    def _start_ticker(self) -> None:
+        with _SUBSCRIBING:
+            if self._ticker is None or self._ticker.stopped:
+                self._ticker = _Ticker(self)
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's held events are the parent's to deliver."""
@@ -245,14 +250,18 @@ class EventBus:
 
 
 class _Ticker:
-    """A bus's background thread: delivers held events once they have waited ``batch_delay``.
+    """A bus's background thread: every ``batch_delay`` seconds, delivers a batch of held events
+    that waited that long (a long step emits nothing else meanwhile), so no event waits much
+    more than twice ``batch_delay``.
 
-    It holds the bus only weakly, and ends when the bus is collected or has no batched
+    It ticks on its own rather than being woken when events are held: a thread waking in the
+    middle of a short run costs that run milliseconds on a busy host (its thread is moved off
+    its CPU's warm caches), and while events flow the emitting thread delivers full batches
+    itself. It holds the bus only weakly, and ends when the bus is collected or has no batched
     subscriber left.
     """
 
     def __init__(self, bus: EventBus) -> None:
-        self._pending = threading.Event()  # set when a batch starts (or to stop)
         self._stopped = threading.Event()
         self.thread = threading.Thread(
             target=self._run,
@@ -267,31 +276,26 @@ class _Ticker:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
-    def wake(self) -> None:
-        pending = self._pending
-        if not pending.is_set():  # set already while a batch waits its turn: no call, no wake-up
-            pending.set()
-
     def stop(self) -> None:
         self._finalizer.detach()
         self._stopped.set()
-        self._pending.set()
 
     def _run(self, bus_ref: weakref.ref[EventBus], delay: float) -> None:
-        pending, stopped = self._pending, self._stopped
-        while True:
-            pending.wait()
-            if stopped.wait(delay):  # meanwhile full batches are delivered by the emitting thread
-                return
-            pending.clear()  # a batch started after this is seen again at the next round
+        while not self._stopped.wait(delay):
             bus = bus_ref()
             if bus is None:
                 return
-            try:
-                bus.flush()  # subscribers' errors are logged there; this is for anything else
-            except Exception:
-                _log.exception("delivering held events failed")
-            del bus
+            # While events flow, the batch held now began moments ago: only one that waited
+            # ``delay`` in full is delivered from here.
+            if bus._held and bus._held_since + delay <= time.monotonic():
+                try:
+                    bus.flush()  # subscribers' errors are logged there; this is for the rest
+                except Exception:
+                    _log.exception("delivering held events failed")
+            elif not bus._held and not bus._subscriptions.batched:  # started by a late emit
+                self.stop()
+                return
+            del bus  # held weakly while waiting: the bus may be collected
 
 
 # Serializes subscribe/unsubscribe and starting a ticker (rare), so none of them is lost.

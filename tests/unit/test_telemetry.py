@@ -544,6 +544,61 @@ def test_default_metrics_count_stored_bytes_without_io_events(app: fs.FlowStone)
     assert stored == size
 
 
+def test_prometheus_histograms_read_as_prometheus_clients_own_would() -> None:
+    from prometheus_client import Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flowstone.telemetry._prometheus import STEP_DURATION_BUCKETS
+
+    metrics = PrometheusMetrics()
+    reference = CollectorRegistry()
+    oracle = Histogram("ref", "reference", ["asset"], buckets=STEP_DURATION_BUCKETS, registry=reference)
+    at = datetime(2025, 1, 15, tzinfo=UTC)
+    # On a bound (le is inclusive), between bounds, past the last one, zero; NaN is not observed.
+    for ms in (5, 7.5, 250, 4_000_000, 0, 5, float("nan")):
+        metrics(Event("step.succeeded", at, "r", "a", data={"duration_ms": ms, "size_bytes": None}))
+        if ms == ms:
+            oracle.labels("a").observe(ms / 1000)
+
+    def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (sample.name.removeprefix(name), sample.labels.get("le", "")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith(name) and not sample.name.endswith("_created")
+        }
+
+    ours = samples(metrics.registry, "flowstone_step_duration_seconds")
+    assert ours == samples(reference, "ref")
+    assert ours["_count", ""] == 6 and ours["_bucket", "0.005"] == 3
+
+
+def test_prometheus_counts_are_exact_under_concurrent_events() -> None:
+    metrics = PrometheusMetrics(io=True)
+    at = datetime(2025, 1, 15, tzinfo=UTC)
+    start = threading.Barrier(4, timeout=30)
+
+    def work(asset: str) -> None:
+        start.wait()
+        for _ in range(2000):
+            metrics(Event("step.succeeded", at, "r", asset, data={"duration_ms": 1.0}))
+            metrics(Event("io.stored", at, "r", "shared", data={"io_manager": "m", "size_bytes": 3}))
+
+    threads = [threading.Thread(target=work, args=(asset,)) for asset in ("a", "b", "a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    value = metrics.registry.get_sample_value
+    assert value("flowstone_materializations_total", {"asset": "a", "status": "succeeded"}) == 4000
+    assert value("flowstone_step_duration_seconds_count", {"asset": "b"}) == 4000
+    assert value("flowstone_step_duration_seconds_sum", {"asset": "b"}) == pytest.approx(4.0)
+    io = {"asset": "shared", "direction": "stored", "io_manager": "m"}
+    assert value("flowstone_io_bytes_total", io) == 8000 * 3
+    assert value("flowstone_io_duration_seconds_count", {"direction": "stored", "io_manager": "m"}) is None
+
+
 def test_adapters_use_their_own_registries() -> None:
     first, second = PrometheusMetrics(), PrometheusMetrics()  # no "duplicated timeseries" error
     assert first.registry is not second.registry
@@ -645,6 +700,22 @@ def test_importing_flowstone_telemetry_imports_neither_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_adapters_take_step_events_in_batches_unless_told_not_to() -> None:
+    bus = EventBus(batch_size=1000, batch_delay=3600)  # delivered by flush or another event only
+    batched, at_once = io.StringIO(), io.StringIO()
+    JsonLogs(batched).attach(bus)
+    JsonLogs(at_once).attach(bus, batched=False)
+    at = datetime(2025, 1, 15, tzinfo=UTC)
+    bus.emit(Event("step.succeeded", at, "r1", "a", data={"duration_ms": 1.5}))
+    assert batched.getvalue() == "" and json.loads(at_once.getvalue())["asset"] == "a"
+    bus.emit(Event("run.finished", at, "r1", data={"status": "succeeded"}))
+    assert batched.getvalue() == at_once.getvalue()
+    assert [json.loads(line)["type"] for line in batched.getvalue().splitlines()] == [
+        "step.succeeded",
+        "run.finished",
+    ]
 
 
 def test_json_logs_at_info_write_one_line_per_finished_step(app: fs.FlowStone) -> None:

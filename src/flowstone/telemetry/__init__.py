@@ -9,6 +9,10 @@ does that for several at once::
     ...
     detach()
 
+Attached adapters take the events of steps in small batches (cheaper per event; in order, and
+all delivered by the time ``materialize`` returns: see ``flowstone._events``);
+``attach(bus, batched=False)`` delivers every event as it is emitted instead.
+
 OpenTelemetry and prometheus-client are optional (``flowstone[otel]``, ``flowstone[prometheus]``)
 and only imported when an adapter that needs them is created.
 """

@@ -249,13 +249,16 @@ class JsonLogs:
         target = f"stream={self.stream!r}" if self.logger is None else f"logger={self.logger.name!r}"
         return f"JsonLogs({target}, level={logging.getLevelName(self.level)})"
 
-    def attach(self, bus: EventBus) -> Callable[[], None]:
+    def attach(self, bus: EventBus, *, batched: bool = True) -> Callable[[], None]:
         """Subscribe to ``bus``; returns the function that detaches again (safe to call twice).
 
         Event types that can never reach ``level`` (I/O events below DEBUG) are not even built.
+        ``batched`` (the default): the events of steps reach it in batches, in order, by the end
+        of their run at the latest (see ``flowstone._events``); ``False`` delivers each event as
+        it is emitted, on the thread that emits it.
         """
         quiet = [t for t in ("step.started", "io.loaded", "io.stored") if _LEVELS[t] < self.level]
-        return _once(bus.subscribe(self, exclude=quiet, batched=True))
+        return _once(bus.subscribe(self, exclude=quiet, batched=batched))
 
     def __call__(self, event: Event) -> None:
         level = event_level(event)

@@ -159,10 +159,15 @@ class OpenTelemetrySpans:
     def __repr__(self) -> str:
         return f"OpenTelemetrySpans(pipeline={self.pipeline!r}, open_runs={len(self._runs)})"
 
-    def attach(self, bus: EventBus) -> Callable[[], None]:
-        """Subscribe to ``bus``; returns the function that detaches again (safe to call twice)."""
+    def attach(self, bus: EventBus, *, batched: bool = True) -> Callable[[], None]:
+        """Subscribe to ``bus``; returns the function that detaches again (safe to call twice).
+
+        ``batched`` (the default): the events of steps reach it in batches, in order, by the end
+        of their run at the latest (see ``flowstone._events``); ``False`` delivers each event as
+        it is emitted, on the thread that emits it.
+        """
         excluded = () if self._io_events else ("io.loaded", "io.stored")
-        return _once(bus.subscribe(self, exclude=excluded, batched=True))
+        return _once(bus.subscribe(self, exclude=excluded, batched=batched))
 
     def __call__(self, event: Event) -> None:
         if not self._runs and event.type != "run.started":

@@ -18,10 +18,12 @@ Both use a registry of their own by default, never the ``prometheus_client`` glo
 
 from __future__ import annotations
 
+import math
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import sqlalchemy as sa
 
@@ -75,6 +77,23 @@ def _error_type(value: Any) -> str:
     return "unknown"
 
 
+# A histogram's state: one count per bucket (the last one +Inf, not cumulative), then the sum.
+_Histogram = list[float]
+# A counter's state: a one-item list, so a handle on it can be kept and increased in place.
+_Counter = list[float]
+_Labels = tuple[str, ...]
+
+_MATERIALIZATIONS_HELP = (
+    "Materialization attempts, by asset and outcome (a retried attempt counts as failed)."
+)
+_STEP_DURATION_HELP = "How long successful steps took (load, compute and store)."
+_IO_BYTES_HELP = "Bytes loaded and stored by I/O managers."
+_IO_DURATION_HELP = "How long I/O manager loads and stores took."
+_ERRORS_HELP = "Failed materialization attempts, by error type."
+_RUNS_HELP = "Finished runs, by status."
+_RETRIES_HELP = "Step retries, by asset."
+
+
 class PrometheusMetrics:
     """In-process counters and histograms, updated from events.
 
@@ -84,6 +103,11 @@ class PrometheusMetrics:
     ``flowstone_io_duration_seconds{direction,io_manager}``, ``flowstone_errors_total{type}``,
     ``flowstone_runs_total{status}`` and ``flowstone_step_retries_total{asset}``.
 
+    The counts are plain numbers behind one lock, turned into metric families when the registry
+    is scraped (a custom collector, like ``StoreMetrics``): a step costs a dict lookup and a few
+    additions, not a metric object's lock per sample. As with ``StoreMetrics`` there are no
+    ``_created`` samples.
+
     By default stored bytes come from each step's ``step.succeeded`` event and the engine does
     not build I/O events for these metrics at all; ``io=True`` counts every load and store
     (bytes loaded, and the I/O duration histogram) at a few microseconds per I/O call.
@@ -92,44 +116,18 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, io: bool = False) -> None:
         self.io = io
         prom = _prometheus_client()
-        self.registry: CollectorRegistry = prom.CollectorRegistry() if registry is None else registry
-        r = self.registry
-        self.materializations = prom.Counter(
-            "flowstone_materializations",
-            "Materialization attempts, by asset and outcome (a retried attempt counts as failed).",
-            ["asset", "status"],
-            registry=r,
-        )
-        self.step_duration = prom.Histogram(
-            "flowstone_step_duration_seconds",
-            "How long successful steps took (load, compute and store).",
-            ["asset"],
-            buckets=STEP_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.io_bytes = prom.Counter(
-            "flowstone_io_bytes",
-            "Bytes loaded and stored by I/O managers.",
-            ["asset", "direction", "io_manager"],
-            registry=r,
-        )
-        self.io_duration = prom.Histogram(
-            "flowstone_io_duration_seconds",
-            "How long I/O manager loads and stores took.",
-            ["direction", "io_manager"],
-            buckets=IO_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.errors = prom.Counter(
-            "flowstone_errors", "Failed materialization attempts, by error type.", ["type"], registry=r
-        )
-        self.runs = prom.Counter("flowstone_runs", "Finished runs, by status.", ["status"], registry=r)
-        self.retries = prom.Counter(
-            "flowstone_step_retries", "Step retries, by asset.", ["asset"], registry=r
-        )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # Per asset: its succeeded counter's ``inc`` and its duration histogram's ``observe``.
-        self._successes: dict[str, tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self._families = prom.core
+        self._lock = threading.Lock()  # I/O events arrive from worker threads
+        # By label values, in the order of the metric's label names.
+        self._materializations: dict[_Labels, _Counter] = {}  # (asset, status)
+        self._step_durations: dict[_Labels, _Histogram] = {}  # (asset,)
+        self._io_bytes: dict[_Labels, _Counter] = {}  # (asset, direction, io manager)
+        self._io_durations: dict[_Labels, _Histogram] = {}  # (direction, io manager)
+        self._errors: dict[_Labels, _Counter] = {}  # (type,)
+        self._runs: dict[_Labels, _Counter] = {}  # (status,)
+        self._retries: dict[_Labels, _Counter] = {}  # (asset,)
+        # Per asset: its succeeded counter and its duration histogram (the one event of every step).
+        self._successes: dict[str, tuple[_Counter, _Histogram]] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "step.succeeded": self._succeeded,
             "step.failed": self._failed,
@@ -138,71 +136,156 @@ class PrometheusMetrics:
             "io.loaded": self._io,
             "io.stored": self._io,
         }
+        self.registry: CollectorRegistry = prom.CollectorRegistry() if registry is None else registry
+        self.registry.register(cast("Collector", self))
 
     def __repr__(self) -> str:
         return f"PrometheusMetrics(registry={self.registry!r})"
 
-    def attach(self, bus: EventBus) -> Callable[[], None]:
-        """Subscribe to ``bus``; returns the function that detaches again (safe to call twice)."""
+    def attach(self, bus: EventBus, *, batched: bool = True) -> Callable[[], None]:
+        """Subscribe to ``bus``; returns the function that detaches again (safe to call twice).
+
+        ``batched`` (the default): the events of steps reach it in batches, in order, by the end
+        of their run at the latest (see ``flowstone._events``); ``False`` delivers each event as
+        it is emitted, on the thread that emits it.
+        """
         excluded = _UNCOUNTED if self.io else (*_UNCOUNTED, *_IO)
-        return _once(bus.subscribe(self, exclude=excluded, batched=True))
+        return _once(bus.subscribe(self, exclude=excluded, batched=batched))
 
     def __call__(self, event: Event) -> None:
         handler = self._handlers.get(event.type)
         if handler is not None:
             handler(event)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, remembered: a dict lookup instead of a locked one per event."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:  # two threads may both get here: labels() hands both the same child
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    # ------------------------------------------------------------------ counting (lock held)
+    @staticmethod
+    def _add(counters: dict[_Labels, _Counter], key: _Labels, amount: float = 1) -> None:
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = [0.0]
+        counter[0] += amount
 
+    @staticmethod
+    def _observe(
+        histograms: dict[_Labels, _Histogram], key: _Labels, bounds: tuple[float, ...], value: float
+    ) -> None:
+        histogram = histograms.get(key)
+        if histogram is None:
+            histogram = histograms[key] = [0.0] * (len(bounds) + 2)
+        histogram[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value
+        histogram[-1] += value
+
+    # ------------------------------------------------------------------ events
     def _succeeded(self, event: Event) -> None:
-        # The one event of every step: a single lookup gives both metrics' children.
         asset = event.asset or ""
         data = event.data
-        handles = self._successes.get(asset)
-        if handles is None:  # two threads may both get here: labels() hands both the same child
-            handles = self._successes[asset] = (
-                self._child(self.materializations, asset, "succeeded").inc,
-                self._child(self.step_duration, asset).observe,
-            )
-        count, observe = handles
-        count()
         duration = data.get("duration_ms")
-        if isinstance(duration, (int, float)):
-            observe(duration / 1000)
-        size = data.get("size_bytes")
-        if not self.io and isinstance(size, (int, float)) and size >= 0:  # else io.stored counts it
-            self._child(self.io_bytes, asset, "stored", str(data.get("io_manager") or "")).inc(size)
+        size = data.get("size_bytes") if not self.io else None  # else io.stored counts it
+        with self._lock:
+            handles = self._successes.get(asset)
+            if handles is None:
+                handles = self._successes[asset] = (
+                    self._materializations.setdefault((asset, "succeeded"), [0.0]),
+                    self._step_durations.setdefault((asset,), [0.0] * (len(STEP_DURATION_BUCKETS) + 2)),
+                )
+            counter, histogram = handles
+            counter[0] += 1
+            if _finite(duration):
+                seconds = duration / 1000
+                histogram[bisect_left(STEP_DURATION_BUCKETS, seconds)] += 1
+                histogram[-1] += seconds
+            if _finite(size) and size >= 0:
+                self._add(self._io_bytes, (asset, "stored", str(data.get("io_manager") or "")), size)
 
     def _failed(self, event: Event) -> None:
         # Each failed attempt is one failed materialization in the store: the final one
         # (step.failed) and every one retried (step.retrying). The separate "error" event
         # repeats these, so it is not counted again.
-        self._child(self.materializations, event.asset or "", "failed").inc()
-        self._child(self.errors, _error_type(event.data.get("error"))).inc()
+        kind = _error_type(event.data.get("error"))
+        with self._lock:
+            self._add(self._materializations, (event.asset or "", "failed"))
+            self._add(self._errors, (kind,))
 
     def _retrying(self, event: Event) -> None:
         self._failed(event)
-        self._child(self.retries, event.asset or "").inc()
+        with self._lock:
+            self._add(self._retries, (event.asset or "",))
 
     def _run_finished(self, event: Event) -> None:
-        self._child(self.runs, str(event.data.get("status", "unknown"))).inc()
+        status = str(event.data.get("status", "unknown"))
+        with self._lock:
+            self._add(self._runs, (status,))
 
     def _io(self, event: Event) -> None:
         data = event.data
         direction = "loaded" if event.type == "io.loaded" else "stored"
         manager = str(data.get("io_manager") or "")
         size = data.get("size_bytes")
-        if isinstance(size, (int, float)) and size >= 0:
-            self._child(self.io_bytes, event.asset or "", direction, manager).inc(size)
         duration = data.get("duration_ms")
-        if isinstance(duration, (int, float)):
-            self._child(self.io_duration, direction, manager).observe(duration / 1000)
+        with self._lock:
+            if _finite(size) and size >= 0:
+                self._add(self._io_bytes, (event.asset or "", direction, manager), size)
+            if _finite(duration):
+                self._observe(self._io_durations, (direction, manager), IO_DURATION_BUCKETS, duration / 1000)
+
+    # ------------------------------------------------------------------ scrapes
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without samples (lets a registry check names without a scrape)."""
+        return iter(self._empty())
+
+    def _empty(self) -> list[Any]:  # metric families, typed Any: made from the lazily imported module
+        core = self._families
+        return [
+            core.CounterMetricFamily(
+                "flowstone_materializations", _MATERIALIZATIONS_HELP, labels=["asset", "status"]
+            ),
+            core.HistogramMetricFamily(
+                "flowstone_step_duration_seconds", _STEP_DURATION_HELP, labels=["asset"]
+            ),
+            core.CounterMetricFamily(
+                "flowstone_io_bytes", _IO_BYTES_HELP, labels=["asset", "direction", "io_manager"]
+            ),
+            core.HistogramMetricFamily(
+                "flowstone_io_duration_seconds", _IO_DURATION_HELP, labels=["direction", "io_manager"]
+            ),
+            core.CounterMetricFamily("flowstone_errors", _ERRORS_HELP, labels=["type"]),
+            core.CounterMetricFamily("flowstone_runs", _RUNS_HELP, labels=["status"]),
+            core.CounterMetricFamily("flowstone_step_retries", _RETRIES_HELP, labels=["asset"]),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape: the counts so far, copied under the lock."""
+        counted: list[dict[_Labels, _Counter]] = [
+            self._materializations,
+            self._io_bytes,
+            self._errors,
+            self._runs,
+            self._retries,
+        ]
+        timed: list[dict[_Labels, _Histogram]] = [self._step_durations, self._io_durations]
+        with self._lock:
+            counters = [{k: v[0] for k, v in counts.items()} for counts in counted]
+            histograms = [{k: list(v) for k, v in values.items()} for values in timed]
+        materializations, step_duration, io_bytes, io_duration, errors, runs, retries = families = (
+            self._empty()
+        )
+        for family, values in zip((materializations, io_bytes, errors, runs, retries), counters, strict=True):
+            for labels, value in values.items():
+                family.add_metric(list(labels), value)
+        bounds = (STEP_DURATION_BUCKETS, IO_DURATION_BUCKETS)
+        for family, limits, observed in zip((step_duration, io_duration), bounds, histograms, strict=True):
+            for labels, counts in observed.items():
+                cumulative, buckets = 0.0, []
+                for bound, n in zip((*limits, float("inf")), counts[:-1], strict=True):
+                    cumulative += n
+                    buckets.append((_le(bound), cumulative))
+                family.add_metric(list(labels), buckets, counts[-1])
+        return iter(families)
+
+
+def _finite(value: Any) -> TypeGuard[float]:
+    """An int or a finite float (what a duration or a size in an event should be)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # Frequent events no metric counts: skipped without a call.

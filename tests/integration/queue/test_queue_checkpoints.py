@@ -130,8 +130,10 @@ def test_a_run_left_running_behind_its_gate_is_paused_by_the_workers(
     assert app.wait_run(run_id, timeout=60).status is fs.RunStatus.WAITING_APPROVAL, project.logs()
     project.sql("UPDATE flowstone_runs SET status = 'running' WHERE id = :run", {"run": run_id})
     wait_for(
-        lambda: project.sql("SELECT status FROM flowstone_runs WHERE id = :run", {"run": run_id})
-        == [("waiting_approval",)],
+        lambda: (
+            project.sql("SELECT status FROM flowstone_runs WHERE id = :run", {"run": run_id})
+            == [("waiting_approval",)]
+        ),
         timeout=30,
         what="the worker's housekeeping to pause the run again",
     )
