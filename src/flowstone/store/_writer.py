@@ -244,6 +244,18 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+def _grouped(calls: Sequence[tuple[str, Any]]) -> dict[str, list[Any]]:
+    """Buffered calls as rows per statement, in the order they were made."""
+    grouped: dict[str, list[Any]] = {}
+    for name, given in calls:
+        rows = grouped.setdefault(name, [])
+        if isinstance(given, list):
+            rows.extend(given)
+        else:
+            rows.append(given)
+    return grouped
+
+
 def apply_calls(cursor: Any, sql: dict[str, _Compiled], calls: Sequence[tuple[str, Any]]) -> None:
     """Execute buffered writes: one executemany per statement, in ``_FLUSH_ORDER``.
 
@@ -252,13 +264,7 @@ def apply_calls(cursor: Any, sql: dict[str, _Compiled], calls: Sequence[tuple[st
     not: a buffer opening with one step's finish would apply the next step's finish before its
     start.)
     """
-    grouped: dict[str, list[Any]] = {}
-    for name, params in calls:
-        rows = grouped.setdefault(name, [])
-        if isinstance(params, list):
-            rows.extend(params)
-        else:
-            rows.append(params)
+    grouped = _grouped(calls)
     for name in sorted(grouped, key=_FLUSH_ORDER.index):
         rows = grouped[name]
         if len(rows) == 1:  # executemany costs a pipeline round of its own on psycopg
@@ -284,13 +290,7 @@ def apply_combined(cursor: Any, dialect_name: str, calls: Sequence[tuple[str, An
     """``apply_calls`` in one statement (PostgreSQL). For rows that no two statements touch
     alike: every part sees the same snapshot, so none may depend on another's writes (foreign
     keys are checked at the end of the statement, and hold)."""
-    grouped: dict[str, list[Any]] = {}
-    for name, given in calls:
-        rows = grouped.setdefault(name, [])
-        if isinstance(given, list):
-            rows.extend(given)
-        else:
-            rows.append(given)
+    grouped = _grouped(calls)
     order = [name for name in sorted(grouped, key=_FLUSH_ORDER.index) if grouped[name]]
     if not order:
         return
