@@ -123,8 +123,6 @@ class Claimed:
     upstream: dict[StepKey, tuple[str | None, str | None]]
     started_at: datetime
     run_created_at: datetime
-    # Taken by ``fetch`` (this worker's own loop): its job is finished with the step's record.
-    fetched: bool = False
 
 
 class WorkerGone(Exception):
@@ -281,7 +279,7 @@ WITH step AS (
         AND c.asset = %(asset)s AND c.partition_key = %(key)s AND c.step_id = owned.id
 ), ended AS (
     DELETE FROM procrastinate_jobs j USING owned
-    WHERE %(end_job)s AND j.id = %(job)s AND j.status IN ('todo', 'doing')
+    WHERE j.id = %(job)s AND j.status IN ('todo', 'doing')
 ), followers AS MATERIALIZED (
     SELECT f.id, f.run_id, f.asset, f.partition_key FROM flowstone_run_steps f, owned
     WHERE f.coalesced_into = owned.id AND f.status = 'queued' ORDER BY f.id FOR UPDATE OF f
@@ -789,7 +787,6 @@ class QueueDB:
         else:
             outcome = self._claim_fast(cur, job_id, args, worker, queue)
         if isinstance(outcome, Claimed):
-            outcome.fetched = True
             return outcome
         if isinstance(outcome, Later):
             self._defer_again(cur, job_id, args, outcome.delay)
@@ -874,16 +871,6 @@ class QueueDB:
             return {int(r[0]) for r in cur.fetchall()}
 
         return self._retrying(work, what="looking for cancelled steps")
-
-    def claim(self, job_id: int, args: JobArgs, *, worker: str) -> Claimed | Later | None:
-        """Start the step of job ``job_id``: None when the job is stale or the run is cancelled,
-        ``Later`` when it must wait (its job is then deferred again, same attempt)."""
-        outcome = self._retrying(
-            lambda cur: self._claim(cur, job_id, args, worker), what=f"starting '{args.asset}'"
-        )
-        if isinstance(outcome, Later):
-            self.defer_again(job_id, args, outcome.delay)
-        return outcome
 
     def _claim(self, cur: Any, job_id: int, args: JobArgs, worker: str) -> Claimed | Later | None:
         cur.execute(
@@ -1048,7 +1035,6 @@ class QueueDB:
                 "tenant": args.tenant,
                 "asset": args.asset,
                 "key": _key(args.partition),
-                "end_job": claimed.fetched,
             },
         )
         row = cur.fetchone()
