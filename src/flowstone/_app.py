@@ -49,7 +49,15 @@ class FlowStone:
     ``flowstone.testing.FakeClock``. ``io_managers`` adds or replaces named I/O managers. The
     built-in ones (``filesystem``, the default, ``memory``, ``parquet``, ``object_store``,
     ``postgres``, ``duckdb``) are created with their defaults when an asset names one that is not
-    bound.
+    bound. ``event_retention`` is how long run events are kept (``prune_events``, which queue
+    workers and the daemon call on their own; ``event_retention`` in flowstone.toml).
+
+    A resource setting that cannot be resolved (a missing environment variable) is an error
+    here, before anything runs. ``check_resources=False`` defers that to the resource's setup,
+    for tools that only read the store (``flowstone runs`` and the like on a machine without the
+    warehouse's password)::
+
+        app = fs.FlowStone(pipeline, resources={"warehouse": SQLDatabase(url=fs.EnvVar("DW_URL"))})
     """
 
     def __init__(
@@ -64,7 +72,10 @@ class FlowStone:
         clock: Clock | None = None,
         queue: QueueConfig | None = None,
         notifier: Notifier | None = None,
+        event_retention: str | float | timedelta = DEFAULT_EVENT_RETENTION,
+        check_resources: bool = True,
     ) -> None:
+        from flowstone._durations import parse_duration
         from flowstone.io._filesystem import FilesystemIOManager
         from flowstone.io._memory import MemoryIOManager
         from flowstone.store._store import Store
@@ -75,9 +86,16 @@ class FlowStone:
                 raise TypeError(f"I/O manager {name!r} does not implement the IOManager protocol")
         self.resources: dict[str, Any] = dict(resources or {})
         pipeline.validate(io_managers=overrides, resources=list(self.resources))
-        from flowstone.resources import check_resources
+        if check_resources:
+            from flowstone.resources import check_resources as check
 
-        check_resources(self.resources)  # a missing environment variable is reported now, not mid-run
+            check(self.resources)  # a missing environment variable is reported now, not mid-run
+        try:
+            self.event_retention = timedelta(seconds=parse_duration(event_retention))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"event_retention: {exc}", context={"field": "event_retention"}, original=exc
+            ) from exc
         self.pipeline = pipeline
         self.tenant = tenant
         self.clock: Clock = clock or SystemClock()
@@ -706,16 +724,19 @@ class FlowStone:
         return health(self)
 
     def prune_events(
-        self, *, older_than: str | float | timedelta = DEFAULT_EVENT_RETENTION, dry_run: bool = False
+        self, *, older_than: str | float | timedelta | None = None, dry_run: bool = False
     ) -> int:
-        """Delete run events older than ``older_than`` (default 30 days); returns the count.
+        """Delete run events older than ``older_than`` (default: ``event_retention``, 30 days
+        unless configured); returns the count.
 
-        Keeps the event log from growing without bound (``flowstone store prune``); runs,
-        materializations, lineage and the audit log are kept.
+        Keeps the event log from growing without bound (``flowstone store prune``; queue workers
+        and the daemon call it on their own); runs, materializations, lineage and the audit log
+        are kept.
         """
         from flowstone._durations import parse_duration
 
-        cutoff = self.clock.now() - timedelta(seconds=parse_duration(older_than))
+        age = self.event_retention if older_than is None else timedelta(seconds=parse_duration(older_than))
+        cutoff = self.clock.now() - age
         return self.store.prune_events(tenant=self.tenant, before=cutoff, dry_run=dry_run)
 
     def rebuild_catalog(self, *, dry_run: bool = False, actor: str = "api") -> CatalogReport:

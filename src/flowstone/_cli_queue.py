@@ -53,7 +53,7 @@ def worker(
         )
         # psycopg's pool logs every connection handed out at INFO.
         logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if state.verbose else logging.WARNING)
-        app = state.app()
+        app = state.app(runs_assets=True)
         chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         runner = Worker(app, concurrency=concurrency, queues=chosen, name=name, isolate=isolate)
         click.echo(

@@ -252,7 +252,7 @@ def _run_daemon(state: _State, interval: float, executor: str | None, once: bool
     with _errors(state):
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("flowstone").setLevel(logging.INFO)  # the daemon's own news, not the libraries'
-        app = state.app()
+        app = state.app(runs_assets=True)
         daemon = Daemon(app, interval=interval, executor=executor)
         if once:
             report = daemon.tick()

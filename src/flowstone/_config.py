@@ -8,6 +8,7 @@ relative SQLite URLs, are taken from there::
     pipeline = "analytics.pipeline:pipeline"
     store = "sqlite:///.flowstone/flowstone.db"    # or postgresql://user@host/db
     storage = ".flowstone/storage"                 # filesystem I/O manager root
+    event_retention = "30d"                        # run events older than this are pruned
 
     [io.parquet]                                   # options of a built-in I/O manager
     root = "s3://lake/parquet"
@@ -47,7 +48,7 @@ from flowstone.resources._config import build_resources, check_resource_tables
 
 __all__ = ["ENV", "KEYS", "PROFILE_ENV", "Settings", "build_resources", "find_config", "load_settings"]
 
-KEYS = {"pipeline", "store", "storage", "tenant", "io", "resources", "profiles", "queue"}
+KEYS = {"pipeline", "store", "storage", "tenant", "event_retention", "io", "resources", "profiles", "queue"}
 TABLES = {"io", "resources", "profiles", "queue"}
 PROFILE_ENV = "FLOWSTONE_PROFILE"
 ENV = {
@@ -55,7 +56,9 @@ ENV = {
     "store": "FLOWSTONE_STORE_URL",
     "storage": "FLOWSTONE_STORAGE_DIR",
     "tenant": "FLOWSTONE_TENANT",
+    "event_retention": "FLOWSTONE_EVENT_RETENTION",
 }
+DEFAULT_EVENT_RETENTION = "30d"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Settings:
     profile: str | None = None  # the profile applied, if any
     # [queue] as written: limits and timings of queue workers (flowstone.queue.QueueConfig).
     queue: Mapping[str, Any] = field(default_factory=dict)
+    # How long run events are kept (``flowstone store prune``, workers and the daemon prune).
+    event_retention: str | float = DEFAULT_EVENT_RETENTION
 
 
 def find_config(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -161,6 +166,9 @@ def load_settings(
     project_dir = path.parent if path is not None else (start or Path.cwd()).resolve()
     store_url = resolve_store_url(merged.get("store", "sqlite:///.flowstone/flowstone.db"), project_dir)
     storage = Path(merged.get("storage", ".flowstone/storage"))
+    retention: str | float = merged.get("event_retention", DEFAULT_EVENT_RETENTION)
+    if "event_retention" in merged:  # from the file (checked already), a profile or the environment
+        _check_duration(path, "event_retention", retention, where="")
     return Settings(
         project_dir=project_dir,
         config_file=path,
@@ -172,6 +180,7 @@ def load_settings(
         resources=resources,
         profile=profile,
         queue=queue,
+        event_retention=retention,
     )
 
 
@@ -184,6 +193,8 @@ def _check_values(path: Path | None, values: Mapping[str, Any], *, where: str, p
             raise ConfigurationError(f"{path}: {where}unknown setting {key!r}{hint} (known: {sorted(KEYS)})")
         if key == "io":
             _check_io_table(path, value)
+        elif key == "event_retention":
+            _check_duration(path, key, value, where=where)
         elif key == "resources" and partial:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise ConfigurationError(f"{path}: {where}[resources] must hold one table per resource")
@@ -233,3 +244,15 @@ def _check_io_table(path: Path | None, value: Any) -> None:
         raise ConfigurationError(
             f'{path}: [io] must hold one table per I/O manager, e.g. [io.parquet] root = "lake"'
         )
+
+
+def _check_duration(path: Path | None, key: str, value: Any, *, where: str) -> None:
+    """``value`` is a duration as ``parse_duration`` reads it ("30d", "12h", seconds)."""
+    from flowstone._durations import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{path or 'settings'}: {where}{key}: {exc}", context={"field": key, "value": value}
+        ) from None

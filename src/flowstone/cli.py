@@ -112,7 +112,11 @@ class _State:
             for name, options in settings.io.items()
         }
 
-    def app(self) -> FlowStone:
+    def app(self, *, runs_assets: bool = False) -> FlowStone:
+        """The configured app. ``runs_assets``: the command runs asset code here (materialize,
+        worker, daemon), so a resource setting that cannot be resolved (a missing environment
+        variable) is an error now; other commands only read or edit the store and do not need
+        the resources' secrets (a resource's setup still reports it)."""
         if self._app is None:
             from flowstone._app import FlowStone
             from flowstone.queue._config import QueueConfig
@@ -126,7 +130,13 @@ class _State:
                 io_managers=self.io_managers(),
                 resources=build_resources(settings),
                 queue=QueueConfig.from_table(settings.queue),
+                event_retention=settings.event_retention,
+                check_resources=runs_assets,
             )
+        elif runs_assets:
+            from flowstone.resources import check_resources
+
+            check_resources(self._app.resources)
         return self._app
 
 
@@ -247,7 +257,7 @@ def materialize(
     wait: bool,
 ) -> None:
     """Materialize SELECTION (names, +name, name+, tag:x, *) and whatever missing upstream it needs."""
-    app = state.app()
+    app = state.app(runs_assets=True)
     out = _console()
     if partition is not None and partition_list is not None:
         raise ValidationError("give --partition or --partitions, not both")
@@ -642,7 +652,7 @@ def backfill_start(
     parallel: int,
     executor: str | None,
 ) -> None:
-    app = state.app()
+    app = state.app(runs_assets=True)
     keys = _split_keys(partition_list)
 
     def go(**kwargs: Any) -> Any:
@@ -732,7 +742,7 @@ def backfill_cancel(state: _State, backfill_id: str, reason: str | None) -> None
 @_pass_state
 def backfill_resume(state: _State, backfill_id: str, parallel: int | None, executor: str | None) -> None:
     """Run again whatever a backfill did not finish."""
-    app = state.app()
+    app = state.app(runs_assets=True)
     _run_backfill_with_bar(
         state, lambda **kw: app.resume_backfill(backfill_id, parallel=parallel, executor=executor, **kw)
     )
@@ -842,21 +852,25 @@ def store() -> None:
 
 @store.command("prune")
 @click.option(
-    "--older-than", default="30d", show_default=True, help="Delete run events older than this (e.g. 7d, 12h)."
+    "--older-than",
+    default=None,
+    help="Delete run events older than this (e.g. 7d, 12h); default: the event_retention setting (30d).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted without deleting.")
 @_pass_state
-def store_prune(state: _State, older_than: str, dry_run: bool) -> None:
+def store_prune(state: _State, older_than: str | None, dry_run: bool) -> None:
     """Delete old run events so the event log does not grow without bound (runs,
     materializations, lineage and the audit log are kept)."""
-    try:
-        parse_duration(older_than)
-    except ValueError as exc:
-        raise ValidationError(f"--older-than: {exc}") from None
+    if older_than is not None:
+        try:
+            parse_duration(older_than)
+        except ValueError as exc:
+            raise ValidationError(f"--older-than: {exc}", context={"field": "--older-than"}) from None
     app = state.app()
     count = app.prune_events(older_than=older_than, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    _console().print(f"{verb} {count} event(s) older than {older_than}", markup=False)
+    age = older_than if older_than is not None else str(state.settings.event_retention)
+    _console().print(f"{verb} {count} event(s) older than {age}", markup=False)
 
 
 @main.group()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import flowstone as fs
 from flowstone._config import load_settings
 from flowstone.resources import EnvVar, HttpClient, SQLDatabase, build_resources, check_resources
+from flowstone.testing import FakeClock
 
 from .conftest import AppFactory
 
@@ -280,3 +282,51 @@ def test_configured_resources_serve_a_run(
         "answer", values=True
     )
     assert run.steps["answer"].value == 42
+
+
+def test_event_retention_from_file_profile_and_environment(tmp_path: Path) -> None:
+    write(tmp_path, 'event_retention = "14d"\n[profiles.short]\nevent_retention = "1h"\n')
+    assert settings(tmp_path).event_retention == "14d"
+    assert settings(tmp_path, profile="short").event_retention == "1h"
+    assert settings(tmp_path, environ={"FLOWSTONE_EVENT_RETENTION": "2d"}).event_retention == "2d"
+    (tmp_path / "flowstone.toml").unlink()
+    assert settings(tmp_path).event_retention == "30d"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "where"),
+    [
+        ('event_retention = "forever"\n', {}, "event_retention"),
+        ('[profiles.x]\nevent_retention = "-1d"\n', {}, "[profiles.x]: event_retention"),
+        ("", {"FLOWSTONE_EVENT_RETENTION": "soon"}, "event_retention"),
+    ],
+)
+def test_a_bad_event_retention_names_the_file_and_setting(
+    tmp_path: Path, text: str, environ: dict[str, str], where: str
+) -> None:
+    path = write(tmp_path, text or 'pipeline = "x:y"\n')
+    with pytest.raises(fs.ConfigurationError) as caught:
+        settings(tmp_path, environ=environ)
+    assert str(path) in caught.value.message and where in caught.value.message
+    assert caught.value.context["field"] == "event_retention"
+
+
+def test_the_app_prunes_with_its_retention_by_default(make_app: AppFactory) -> None:
+    pipeline = fs.Pipeline("retention")
+
+    @pipeline.asset()
+    def a(context: fs.Context) -> int:
+        return 1
+
+    clock = FakeClock(datetime.now(UTC))
+    app = make_app(pipeline, event_retention="12h", clock=clock)
+    app.materialize(["a"])
+    stored = len(app.store.list_events(tenant="default"))
+    assert stored > 0
+    clock.advance(11 * 3600)
+    assert app.prune_events() == 0
+    clock.advance(2 * 3600)
+    assert app.prune_events(older_than="1d") == 0  # an explicit age still wins
+    assert app.prune_events() == stored
+    with pytest.raises(fs.ConfigurationError, match="event_retention"):
+        make_app(fs.Pipeline("bad"), event_retention="never")
