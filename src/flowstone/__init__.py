@@ -11,15 +11,18 @@ app = fs.FlowStone(pipeline)
 app.materialize(["raw_events"])
 
 Everything that can go wrong is one typed error (``type``, ``message``, ``context``,
-``retryable``, ``original``; a short ``user_message`` and a full ``developer_message``)::
+``retryable``, ``original``; a short ``user_message`` saying what to do and a full
+``developer_message``)::
 
     FlowStoneError
-    ├── DefinitionError (definition_error) ── PipelineInvalid
+    ├── DefinitionError (definition_error)
+    │   └── PipelineInvalid (definition_error)
     ├── ConfigurationError (configuration_error)
     ├── AssetNotFound (asset_not_found)
     ├── DependencyFailed (dependency_failed)
     ├── DependencyNotReady (dependency_not_ready, retryable)
-    ├── IOManagerError (io_error, retryable when transient) ── ValueNotFound
+    ├── IOManagerError (io_error, retryable when transient)
+    │   └── ValueNotFound (io_error)
     ├── ExecutionError (execution_error)
     ├── StepTimeout (timeout, retryable)
     ├── ValidationError (validation_error)

@@ -7,6 +7,7 @@ app.lineage.upstream("daily_report", partition="2025-01-15")
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +16,23 @@ from typing import TYPE_CHECKING, Any
 from flowstone._assets import AssetDefinition
 from flowstone._clock import Clock, SystemClock
 from flowstone._errors import ConfigurationError, FlowStoneError, ValidationError
-from flowstone._events import EventBus
+from flowstone._events import (
+    BATCHED_TYPES,
+    CHECKPOINT_APPROVED,
+    CHECKPOINT_REJECTED,
+    CHECKPOINT_REQUESTED,
+    CHECKPOINT_TIMED_OUT,
+    RESOURCE_HEALTH,
+    RESOURCE_SETUP,
+    RESOURCE_TEARDOWN,
+    RUN_FINISHED,
+    RUN_STARTED,
+    SCHEDULE_TICK,
+    SENSOR_POLL,
+    SENSOR_TRIGGERED,
+    Event,
+    EventBus,
+)
 from flowstone._lineage import Lineage
 from flowstone._pipeline import Pipeline
 from flowstone.io._base import IOManager
@@ -34,10 +51,34 @@ if TYPE_CHECKING:
     from flowstone.partitions import PartitionsDefinition
     from flowstone.queue._config import QueueConfig
     from flowstone.queue._run_queue import Progress, RunQueue
+    from flowstone.resources._runtime import RunResources
     from flowstone.store._store import Store
 
+_log = logging.getLogger("flowstone")
 DEFAULT_STORE = ".flowstone/flowstone.db"
 DEFAULT_EVENT_RETENTION = "30d"
+
+
+# Kept in a run's event log beside what the run writer stores (run and step events).
+_RESOURCE_EVENTS = frozenset({RESOURCE_SETUP, RESOURCE_TEARDOWN, RESOURCE_HEALTH})
+# Every other known type: the engine does not build I/O events for the resource event keeper.
+_NOT_RESOURCE_EVENTS = BATCHED_TYPES | {
+    RUN_STARTED,
+    RUN_FINISHED,
+    CHECKPOINT_REQUESTED,
+    CHECKPOINT_APPROVED,
+    CHECKPOINT_REJECTED,
+    CHECKPOINT_TIMED_OUT,
+    SCHEDULE_TICK,
+    SENSOR_POLL,
+    SENSOR_TRIGGERED,
+}
+
+
+def _check_executor(executor: str | None) -> None:
+    from flowstone.engine._runner import check_executor
+
+    check_executor(executor)
 
 
 class FlowStone:
@@ -257,14 +298,14 @@ class FlowStone:
         ``executor="queue"`` submits it to the run queue (PostgreSQL stores only) and waits for
         ``flowstone worker`` processes to run it; :meth:`submit` returns at once instead.
         """
+        _check_executor(executor)
         if executor == "queue":
             run_id = self.submit_plan(plan, actor=actor, backfill_id=backfill_id)
             self.wait_run(run_id)
             return self.run_result(run_id)
         from flowstone.engine._runner import RunEnv, execute_plan
-        from flowstone.resources._runtime import RunResources
 
-        resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
+        resources, end_resources = self._run_resources()
         env = RunEnv(
             self.pipeline,
             self.store,
@@ -283,7 +324,39 @@ class FlowStone:
                 env, plan, parallel=parallel, keep_values=values, actor=actor, executor=executor
             )
         finally:
-            resources.teardown()
+            end_resources()
+
+    def _run_resources(self) -> tuple[RunResources, Callable[[], None]]:
+        """One run's resources, set up as its steps ask for them, and the function that ends
+        them: teardown (even after a failure), then their events (setups, health checks,
+        teardowns; those of step processes too, re-emitted here) stored in the run's event log."""
+        from flowstone.resources._runtime import RunResources
+
+        resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
+        if not self.resources:  # nothing to set up: the bus is left as it was
+            return resources, lambda: None
+        kept: list[Event] = []
+
+        def keep(event: Event) -> None:
+            if event.type in _RESOURCE_EVENTS:
+                kept.append(event)
+
+        detach = self.events.subscribe(keep, exclude=_NOT_RESOURCE_EVENTS)
+
+        def end() -> None:
+            try:
+                resources.teardown()
+            finally:
+                detach()
+                run_id = resources.run_id
+                mine = [e for e in kept if run_id is not None and e.run_id == run_id]
+                if mine:
+                    try:
+                        self.store.record_events(tenant=self.tenant, events=mine)
+                    except Exception:  # the run's own outcome is recorded; this is its footnote
+                        _log.exception("could not store the resource events of run %s", run_id)
+
+        return resources, end
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -300,6 +373,7 @@ class FlowStone:
         this returns its current state."""
         from flowstone._records import RunStatus
 
+        _check_executor(executor)  # before the paused run is reopened
         for _ in range(1000):  # each pass runs at least one step
             prepared = self._resume_plan(run_id)
             if prepared is None:
@@ -362,9 +436,8 @@ class FlowStone:
         executor: str | None,
     ) -> RunResult:
         from flowstone.engine._runner import RunEnv, execute_plan
-        from flowstone.resources._runtime import RunResources
 
-        resources = RunResources(self.resources, events=self.events, clock=self.clock.monotonic)
+        resources, end_resources = self._run_resources()
         env = RunEnv(
             self.pipeline,
             self.store,
@@ -386,7 +459,7 @@ class FlowStone:
                 resume=(run_id, pending),
             )
         finally:
-            resources.teardown()
+            end_resources()
 
     # ------------------------------------------------------------------ the run queue
     def run_queue(self) -> RunQueue:
@@ -537,6 +610,7 @@ class FlowStone:
         )
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
+        _check_executor(executor)  # before a backfill is recorded
         record = self.store.create_backfill(
             tenant=self.tenant,
             pipeline=self.pipeline.name,

@@ -38,7 +38,10 @@ class Retry(FlowStoneError):
 
     type = "retry_requested"
     default_retryable = True
-    hint = "The asset asked to be tried again."
+    hint = (
+        "It asked to be retried and ran out of attempts: fix what it waits for, or allow more "
+        'with RetryPolicy(max_attempts=N) or Retry(after="30s", max_attempts=N).'
+    )
 
     def __init__(
         self,

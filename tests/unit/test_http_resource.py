@@ -1,7 +1,9 @@
 """HttpClient against a real HTTP server on 127.0.0.1: retries, Retry-After, idempotency keys, health.
 
 The server answers from a script of responses per path and records every request; the client's
-``sleep`` is a recorder, so no test waits for a backoff.
+``sleep`` is a recorder, so no test waits for a backoff. A scripted reply may be held back (the
+handler waits on an event that the fixture sets at teardown) to play a server slower than the
+client's timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class Reply:
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds the server takes to answer; cut short at teardown (no answer then)
+
+
+SLOWER_THAN_ANY_TIMEOUT = 30.0
 
 
 @dataclass
@@ -52,6 +58,7 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.replies: dict[str, deque[Reply]] = {}
         self.seen: list[Seen] = []
+        self.released = threading.Event()  # set at teardown: held replies give up
         self._lock = threading.Lock()
         server = self
 
@@ -65,6 +72,8 @@ class ScriptedServer:
                     server.seen.append(Seen(self.command, path, dict(self.headers.items())))
                     queue = server.replies.get(path)
                     reply = queue.popleft() if queue else Reply(200, {"ok": True})
+                if reply.delay and server.released.wait(reply.delay):
+                    return  # the test is over: close the connection without an answer
                 payload = json.dumps(reply.body if reply.body is not None else {"status": reply.status})
                 data = payload.encode()
                 self.send_response(reply.status)
@@ -101,6 +110,7 @@ def server() -> Iterator[ScriptedServer]:
     scripted = ScriptedServer()
     scripted.thread.start()
     yield scripted
+    scripted.released.set()
     scripted.httpd.shutdown()
     scripted.httpd.server_close()
     scripted.thread.join(10)
@@ -271,6 +281,77 @@ def test_headers_come_from_the_config_with_env_vars(server: ScriptedServer, slee
     run.teardown()
     assert server.requests_to("/me")[0].headers["Authorization"] == "Bearer t0k3n"
     assert "t0k3n" not in repr(client)
+
+
+# ---------------------------------------------------------------------- timeout
+def test_an_answer_within_the_timeout_is_not_a_timeout(server: ScriptedServer, sleeps: Sleeps) -> None:
+    server.script("/items", Reply(200, {"items": [1]}, delay=0.05))
+    api = open_session(server, sleeps, timeout=5.0)
+    assert api.get("/items").json() == {"items": [1]}
+    assert sleeps.requested == [] and len(server.requests_to("/items")) == 1
+    api.close()
+
+
+def test_a_get_that_times_out_is_retried_then_raises_resource_unavailable(
+    server: ScriptedServer, sleeps: Sleeps
+) -> None:
+    server.script("/slow", *[Reply(delay=SLOWER_THAN_ANY_TIMEOUT)] * 3)
+    api = open_session(server, sleeps, timeout=0.2, retries=2, backoff=0.25)
+    with pytest.raises(fs.ResourceUnavailable) as info:
+        api.get("/slow")
+    error = info.value
+    assert len(server.requests_to("/slow")) == 3 and sleeps.requested == [0.25, 0.5]
+    assert error.retryable is True
+    assert isinstance(error.original, httpx.ReadTimeout)
+    assert error.context == {"method": "GET", "url": f"{server.url}/slow", "attempts": 3, "timeout_s": 0.2}
+    assert error.message == (
+        f"GET {server.url}/slow failed after 3 attempt(s): no response within the 0.2s timeout (ReadTimeout)"
+    )
+    # A call that timed out, not a resource that could not be set up; the advice fits that.
+    assert "set up" not in error.user_message
+    assert "HttpClient(timeout=...)" in error.user_message and "try again later" in error.user_message
+    assert "ReadTimeout" in error.developer_message and "Traceback" in error.developer_message
+    api.close()
+
+
+def test_a_requests_own_timeout_is_the_one_reported(server: ScriptedServer, sleeps: Sleeps) -> None:
+    server.script("/slow", Reply(delay=SLOWER_THAN_ANY_TIMEOUT))
+    api = open_session(server, sleeps, timeout=10.0, retries=0)
+    with pytest.raises(fs.ResourceUnavailable, match=r"within the 0\.1s timeout") as info:
+        api.get("/slow", timeout=0.1)
+    assert info.value.context["timeout_s"] == 0.1
+    api.close()
+
+
+def test_a_post_without_an_idempotency_key_is_not_resent_after_a_timeout(
+    server: ScriptedServer, sleeps: Sleeps
+) -> None:
+    # The server may have created the order before the client gave up: sending it again could
+    # create a second one. The error is not retryable either, so a step retry does not resend it.
+    server.script("/orders", Reply(delay=SLOWER_THAN_ANY_TIMEOUT), Reply(201))
+    api = open_session(server, sleeps, timeout=0.2, retries=3)
+    with pytest.raises(fs.ResourceUnavailable) as info:
+        api.post("/orders", json={"sku": "a"})
+    error = info.value
+    assert len(server.requests_to("/orders")) == 1 and sleeps.requested == []
+    assert error.retryable is False
+    assert error.context["attempts"] == 1 and error.context["timeout_s"] == 0.2
+    assert "idempotency_key=True" in error.user_message and "try again later" not in error.user_message
+    api.close()
+
+
+def test_a_post_with_an_idempotency_key_is_resent_after_a_timeout_with_the_same_key(
+    server: ScriptedServer, sleeps: Sleeps
+) -> None:
+    slow = Reply(delay=SLOWER_THAN_ANY_TIMEOUT)
+    server.script("/orders", slow, slow, Reply(201, {"id": 7}))
+    api = open_session(server, sleeps, timeout=0.2, retries=3, idempotency_key=True)
+    response = api.post("/orders", json={"sku": "a"})
+    assert response.status_code == 201 and response.json() == {"id": 7}
+    assert sleeps.requested == [0.5, 1.0]
+    keys = [seen.headers.get("Idempotency-Key") for seen in server.requests_to("/orders")]
+    assert len(keys) == 3 and keys[0] and keys[0] == keys[1] == keys[2]
+    api.close()
 
 
 # ---------------------------------------------------------------------- health

@@ -439,6 +439,61 @@ def test_setup_and_teardown_events(pipeline: fs.Pipeline, make_app: AppFactory) 
     assert resource_events[-1].type == RESOURCE_TEARDOWN
 
 
+@pytest.mark.parametrize("executor", ["threads", "processes"])
+def test_a_runs_resource_events_are_kept_in_its_event_log(
+    pipeline: fs.Pipeline, make_app: AppFactory, executor: str
+) -> None:
+    """Nobody subscribed: the run's setups and teardowns are stored all the same, with the
+    run's other events (from step processes too), and no other run's."""
+    journal = Journal()
+
+    @pipeline.asset(requires=["cache"])
+    def a(context: fs.Context) -> int:
+        return 1
+
+    @pipeline.asset(requires=["warehouse"])
+    def b(context: fs.Context) -> int:
+        return 1
+
+    app = make_app(pipeline, resources={"cache": Recording("cache", journal), "warehouse": Broken(journal)})
+    first = app.materialize("*", executor=executor)
+    second = app.materialize(["a"], force=True, executor=executor)
+
+    def stored(run_id: str) -> list[tuple[str, str, bool]]:
+        return sorted(
+            (e["type"], e["data"]["resource"], e["data"]["ok"])
+            for e in app.store.list_events(tenant=app.tenant, run_id=run_id)
+            if e["type"].startswith("resource.")
+        )
+
+    # a process per step sets up and tears down what that step needs, in that process
+    assert stored(first.run_id) == [
+        (RESOURCE_SETUP, "cache", True),
+        (RESOURCE_SETUP, "warehouse", False),
+        (RESOURCE_TEARDOWN, "cache", True),
+    ]
+    assert stored(second.run_id) == [(RESOURCE_SETUP, "cache", True), (RESOURCE_TEARDOWN, "cache", True)]
+    failed = next(
+        e
+        for e in app.store.list_events(tenant=app.tenant, run_id=first.run_id)
+        if e["type"] == RESOURCE_SETUP and not e["data"]["ok"]
+    )
+    assert failed["data"]["error"] == "ConnectionError: db down"
+    assert not app.events.has_subscribers  # the run's keeper of resource events is gone
+
+
+def test_a_run_without_resources_subscribes_nothing(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    @pipeline.asset()
+    def a(context: fs.Context) -> int:
+        return 1
+
+    app = make_app(pipeline)
+    seen: list[bool] = []
+    app.events.subscribe = lambda *args, **kwargs: seen.append(True)  # type: ignore[method-assign]
+    assert app.materialize(["a"]).success
+    assert seen == []
+
+
 # ---------------------------------------------------------------------- RunResources directly
 class Arrivals(RunResources):
     """Counts lookups as they start, so a setup can wait until others are waiting on it."""

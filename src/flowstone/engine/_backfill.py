@@ -173,6 +173,8 @@ def run_backfill(
     executor: str | None = None,
 ) -> BackfillResult:
     """Plan and execute the backfill ``record`` (new or resumed) and keep its record current."""
+    from flowstone.engine._runner import check_executor
+
     store, tenant = app.store, app.tenant
     # Keys that no selected asset has any more (a dynamic key removed since the backfill was
     # requested) are left out, and said so on the record, instead of failing the whole backfill.
@@ -181,6 +183,7 @@ def run_backfill(
     keys = [k for k in record.partition_keys if any(k in d for d in definitions)]
     dropped = len(record.partition_keys) - len(keys)
     try:
+        check_executor(executor)
         if not keys:
             raise ValidationError(
                 f"none of the {len(record.partition_keys)} partitions of the backfill exist any more"

@@ -157,13 +157,32 @@ def _died(label: str, exitcode: int | None) -> ExecutionError:
     )
 
 
+class _Terminated(BaseException):
+    """Raised in a step's process by SIGTERM (its timeout, or its run cancelled): not an
+    ``Exception``, so no step code's handler takes it, and the ``finally`` blocks on the way out
+    run (the step's resources are torn down)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
+    raise _Terminated
+
+
 def _child(fn: Callable[[], Any], sender: Any) -> None:
     """In the forked process: compute, send the outcome, and leave without running the parent's
-    exit handlers or flushing its copies of buffers a second time."""
+    exit handlers or flushing its copies of buffers a second time.
+
+    SIGTERM gets a handler of the child's own: the one inherited (a queue worker's, which only
+    asks the worker to stop) would leave the step running until the SIGKILL, and Python's
+    default would end the process without tearing down the step's resources.
+    """
     code = 0
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         try:
             result = fn()
+        except _Terminated:
+            raise  # the parent has stopped waiting for an outcome
         except BaseException as exc:  # reported to the parent as the step's failure
             result = ExecutionError(
                 f"step failed in its process: {type(exc).__name__}: {exc}",
@@ -177,6 +196,8 @@ def _child(fn: Callable[[], Any], sender: Any) -> None:
             if strip is None:
                 raise
             sender.send(ChildOutcome(strip(f"{type(exc).__name__}: {exc}"), os.getpid()))
+    except _Terminated:
+        code = 128 + signal.SIGTERM
     except BaseException:
         code = 1
     finally:

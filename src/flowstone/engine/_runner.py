@@ -221,6 +221,9 @@ def _compute_isolated(env: RunEnv, step: PlannedStep, run_id: str, step_io: _Ste
     bus = EventBus()
     bus.subscribe(captured.append)
     resources = env.resources
+    emit_to = getattr(resources, "emit_to", None)
+    if callable(emit_to):  # this process's setups and teardowns go back with its other events
+        emit_to(bus)
     for manager in env.io_managers.values():
         after_fork = getattr(manager, "after_fork", None)
         if callable(after_fork):
@@ -754,7 +757,7 @@ class _Run:
         return True
 
     def _emit_error(self, key: StepKey, error: FlowStoneError) -> None:
-        if self.env.events.has_subscribers:
+        if self.env.events.wants(ERROR):
             self.emit(ERROR, key, error=error.to_dict())
 
     def _cancel_requested(self) -> bool:
@@ -923,6 +926,19 @@ class _Run:
 
 
 EXECUTORS = ("serial", "threads", "processes")
+# What FlowStone.execute, materialize and backfill accept: these, and the run queue they hand to.
+EXECUTOR_CHOICES = (*EXECUTORS, "queue")
+
+
+def check_executor(executor: str | None) -> None:
+    """Refuse an unknown ``executor=`` (``None`` picks the default) with a ValidationError."""
+    if executor is not None and executor not in EXECUTOR_CHOICES:
+        allowed = ", ".join(repr(e) for e in EXECUTOR_CHOICES)
+        raise ValidationError(
+            f"executor must be one of {allowed}, got {executor!r}",
+            context={"field": "executor", "value": executor, "allowed": list(EXECUTOR_CHOICES)},
+            hint="Pass one of those (or leave executor out for the default).",
+        )
 
 
 def execute_plan(
@@ -940,9 +956,13 @@ def execute_plan(
     past its timeout is terminated)."""
     if parallel < 1:
         raise ValueError(f"parallel must be at least 1, got {parallel}")
+    check_executor(executor)
     kind = executor or ("serial" if parallel == 1 else "threads")
-    if kind not in EXECUTORS:
-        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if kind not in EXECUTORS:  # "queue": FlowStone.execute submits those instead of calling this
+        raise ValidationError(
+            f"execute_plan runs in this process; executor {kind!r} is FlowStone.execute's to handle",
+            context={"field": "executor", "value": kind, "allowed": list(EXECUTORS)},
+        )
     chosen: Executor
     if kind == "processes":
         from flowstone.engine._process import ProcessStepExecutor

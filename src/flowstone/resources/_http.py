@@ -37,6 +37,24 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _NOT_PROCESSED = frozenset({429, 503})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 DEFAULT_IDEMPOTENCY_HEADER = "Idempotency-Key"
+# httpx's timeout errors (by name: httpx is imported only at setup): the ``httpx.Timeout`` field
+# each one ran into, and what did not happen in time.
+_TIMEOUTS = {
+    "ConnectTimeout": ("connect", "could not connect"),
+    "WriteTimeout": ("write", "could not send the request"),
+    "ReadTimeout": ("read", "no response"),
+    "PoolTimeout": ("pool", "no free connection"),
+}
+
+
+def _timeout_seconds(exc: httpx.TimeoutException, default: httpx.Timeout, given: Any) -> float | None:
+    """The limit that ``exc`` ran into: the request's own ``timeout=`` or else the client's."""
+    import httpx
+
+    timeout = default if given is httpx.USE_CLIENT_DEFAULT else httpx.Timeout(given)
+    phase = _TIMEOUTS.get(type(exc).__name__)
+    seconds = getattr(timeout, phase[0]) if phase else None
+    return None if seconds is None else float(seconds)
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -67,13 +85,15 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 class HttpClient(ConfigurableResource):
     """An HTTP API as a resource; the handle is an :class:`HttpSession`.
 
-    ``retries`` extra attempts are made on 429/5xx responses and network errors, waiting what
-    ``Retry-After`` asks (delay-seconds or HTTP date) or else ``backoff * 2**n`` seconds, at most
-    ``max_delay`` (a longer ``Retry-After`` returns the response instead of retrying early).
+    ``timeout`` (seconds) bounds each attempt's connecting, sending and waiting for the answer.
+    ``retries`` extra attempts are made on 429/5xx responses, network errors and timeouts, waiting
+    what ``Retry-After`` asks (delay-seconds or HTTP date) or else ``backoff * 2**n`` seconds, at
+    most ``max_delay`` (a longer ``Retry-After`` returns the response instead of retrying early).
     Responses that say nothing was processed (429, 503) and failures to connect are retried for
-    any method; other 5xx and broken connections only for idempotent methods, or for any method
-    when ``idempotency_key`` is on: each logical request then carries a fresh UUID in that header
-    (``True`` means ``Idempotency-Key``), the same on all of its retries.
+    any method; other 5xx, broken connections and timeouts waiting for the answer only for
+    idempotent methods, or for any method when ``idempotency_key`` is on: each logical request
+    then carries a fresh UUID in that header (``True`` means ``Idempotency-Key``), the same on all
+    of its retries.
 
     ``sleep`` waits between attempts (inject a recorder in tests). The health check GETs
     ``health_path`` (default: the base URL) once and passes on any status below 500.
@@ -131,8 +151,10 @@ class HttpSession:
     """What an asset gets from :class:`HttpClient`: ``get``/``post``/... with retries.
 
     Each call returns the final ``httpx.Response`` (call ``raise_for_status()`` yourself). When
-    every attempt fails on the network, ``ResourceUnavailable`` (retryable) is raised with the
-    httpx error as ``original``. ``client`` is the underlying ``httpx.Client`` for anything else.
+    every attempt fails on the network or times out, ``ResourceUnavailable`` is raised with the
+    httpx error as ``original``: retryable, except when the request was not resent because the
+    server may have processed it (a POST without an idempotency key), so that a step retry does
+    not send it twice either. ``client`` is the underlying ``httpx.Client`` for anything else.
     """
 
     def __init__(
@@ -194,12 +216,10 @@ class HttpSession:
                 response = self.client.request(method, url, headers=headers, **kwargs)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                if attempt > self.retries or not (unsent or any_failure_safe):
-                    raise ResourceUnavailable(
-                        f"{method} {self._where(url)} failed after {attempt} attempt(s): "
-                        f"{type(exc).__name__}: {exc}",
-                        context={"url": self._where(url), "attempts": attempt},
-                        original=exc,
+                resendable = unsent or any_failure_safe
+                if attempt > self.retries or not resendable:
+                    raise self._unavailable(
+                        method, url, exc, attempt, kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT), resendable
                     ) from exc
                 delay = self._backoff(attempt)
                 reason = type(exc).__name__
@@ -235,6 +255,51 @@ class HttpSession:
                 delay,
             )
             self._sleep(delay)
+
+    def _unavailable(
+        self,
+        method: str,
+        url: str,
+        exc: httpx.TransportError,
+        attempts: int,
+        request_timeout: Any,
+        resendable: bool,
+    ) -> ResourceUnavailable:
+        """The error for a request whose last attempt failed without a response."""
+        import httpx
+
+        where = self._where(url)
+        context: dict[str, Any] = {"method": method, "url": where, "attempts": attempts}
+        if isinstance(exc, httpx.TimeoutException):
+            seconds = _timeout_seconds(exc, self.client.timeout, request_timeout)
+            context["timeout_s"] = seconds
+            limit = "the timeout" if seconds is None else f"the {seconds:g}s timeout"
+            missed = _TIMEOUTS.get(type(exc).__name__, ("", "no answer"))[1]
+            what = f"{missed} within {limit} ({type(exc).__name__})"
+            hint = (
+                f"The server did not answer within {limit}; try again later, or raise "
+                "HttpClient(timeout=...) if it is just slow."
+            )
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+            hint = (
+                "Check that the server is up and HttpClient(base_url=...) is right, then try again later."
+                if isinstance(exc, httpx.ConnectError)
+                else "The connection broke; try again later."
+            )
+        if not resendable:
+            hint = (
+                f"The server may have processed this {method}, so it was not sent again; check "
+                "whether it took effect, and set HttpClient(idempotency_key=True) if the API "
+                "supports idempotency keys so that it can be retried safely."
+            )
+        return ResourceUnavailable(
+            f"{method} {where} failed after {attempts} attempt(s): {what}",
+            context=context,
+            retryable=resendable,
+            original=exc,
+            hint=hint,
+        )
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self.backoff * 2 ** (attempt - 1), self.max_delay))

@@ -98,6 +98,11 @@ class RunResources(Mapping[str, Any]):
         """Tag this run's resource events with ``run_id`` (the runner calls it once it has one)."""
         self.run_id = run_id
 
+    def emit_to(self, events: EventBus) -> None:
+        """Emit on ``events`` from now on: in a step's own process, the bus whose events are
+        handed back to the run's process (the inherited one would keep them in the child)."""
+        self._events = events
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._declared)
 
@@ -229,7 +234,7 @@ class RunResources(Mapping[str, Any]):
         return None
 
     def _emit(self, type_: str, name: str, t0: float, **data: Any) -> None:
-        if self._events is None or not self._events.has_subscribers:
+        if self._events is None or not self._events.wants(type_):
             return
         duration_ms = round((time.perf_counter() - t0) * 1000, 3)
         self._events.emit(

@@ -19,6 +19,23 @@ ones are not "missed"), and a schedule turned back on starts when it was turned 
 than one tick is due (no daemon ran for a while, or a pass was late), ``catch_up`` decides:
 ``latest`` fires the most recent, ``all`` the most recent ``max_catch_up``, ``none`` only a tick
 due within ``NONE_GRACE`` (or two intervals) of now; the others are recorded as ``skipped``.
+
+Events. On the app's bus (``app.events``), stamped with the app's clock and emitted only by the
+daemon that claimed the tick (so once however many daemons run):
+
+- ``schedule.tick`` for each tick recorded: ``schedule``, ``tick`` (ISO), ``status`` (the tick's
+  own: ``launched``, ``skipped`` or ``failed``), ``run_ids``, ``partitions``, ``reason`` (why it
+  was skipped) and ``error`` (why it failed); ``run_id`` is the run it launched.
+- ``sensor.poll`` for each evaluation of a sensor: ``sensor``, ``run_requests`` (how many),
+  ``cursor_before`` / ``cursor_after`` (long ones shortened), ``cursor_changed``,
+  ``duration_ms`` of the sensor's call, ``skip_reason`` and ``error`` (the evaluation failed).
+- ``sensor.triggered`` for each run a sensor launched: ``sensor``, ``run_key`` (its request's
+  key, if any), ``partitions``; ``run_id`` is the run.
+
+A subscriber that raises is logged by the bus and never stops a pass::
+
+    app.events.subscribe(lambda e: print(e.type, e.data), exclude=["sensor.poll"])
+    Daemon(app).tick()
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone._durations import parse_duration
 from flowstone._errors import ConfigurationError, FlowStoneError
+from flowstone._events import SCHEDULE_TICK, SENSOR_POLL, SENSOR_TRIGGERED, Event
 from flowstone._ids import new_id
 from flowstone.schedules._definitions import (
     RunRequest,
@@ -57,6 +76,16 @@ SKIPPED_ROWS = 20
 # Stopped or silent daemons are forgotten after this long (housekeeping).
 DAEMON_RETENTION = timedelta(days=7)
 _FIRST_LOOK = timedelta(microseconds=1)
+# A sensor's cursor is shown whole in sensor.poll events up to this many characters (a
+# file_arrival cursor lists every file it knows: each poll would log all of them).
+CURSOR_SHOWN = 200
+
+
+def _shown(cursor: str | None) -> str | None:
+    """``cursor`` as a sensor.poll event shows it: long ones cut, with their length."""
+    if cursor is None or len(cursor) <= CURSOR_SHOWN:
+        return cursor
+    return f"{cursor[:CURSOR_SHOWN]}... ({len(cursor)} characters)"
 
 
 @dataclass
@@ -122,8 +151,8 @@ class Daemon:
     ``executor``: ``"queue"`` submits runs for workers, anything else is the local executor
     runs use in this process; ``stale_after``: seconds without a heartbeat after which another
     daemon takes over this one's unfinished ticks; ``housekeeping_every`` / ``tick_retention``:
-    how often a daemon marks dead runs abandoned and prunes old schedule ticks and daemon rows,
-    and how long schedule ticks are kept.
+    how often a daemon marks dead runs abandoned and prunes old schedule ticks, events and daemon
+    rows, and how long schedule ticks are kept (events: the app's ``event_retention``).
     """
 
     def __init__(
@@ -273,8 +302,12 @@ class Daemon:
         report: PassReport,
         *,
         force: bool = False,
-    ) -> None:
-        """Launch the run of a claimed tick and record the outcome on the tick."""
+    ) -> tuple[list[str], str | None]:
+        """Launch the run of a claimed tick and record the outcome on the tick.
+
+        Returns the runs launched and, when launching failed, why (reported already): the
+        caller emits its own kind of event about it.
+        """
         try:
             with self._beating():  # a local run can take long: the daemon must not look dead
                 runs = self._launch(selection, partitions, actor=f"{kind}:{name}", force=force)
@@ -284,9 +317,55 @@ class Daemon:
                 _log.exception("%s '%s': launching failed", kind, name)
             self.state.finish_tick(tick_id, status="failed", partitions=partitions, reason=text)
             report.errors.append((kind, name, text))
-            return
+            return [], text
         self.state.finish_tick(tick_id, status="launched", run_ids=runs, partitions=partitions)
         report.launched.append((kind, name, runs))
+        return runs, None
+
+    # ------------------------------------------------------------------ events
+    def _emit(self, type_: str, run_id: str | None = None, **data: Any) -> None:
+        """One event of the daemon's on the app's bus, at the app's time (not built when nobody
+        takes ``type_``). Subscribers' failures are the bus's to log: a pass never sees them."""
+        bus = self.app.events
+        if bus.wants(type_):
+            bus.emit(Event(type_, self.app.clock.now(), run_id, data=data))
+
+    def _tick_recorded(
+        self,
+        name: str,
+        tick: datetime,
+        status: str,
+        *,
+        runs: Sequence[str] = (),
+        partitions: Sequence[str] = (),
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``schedule.tick``: what became of one tick of schedule ``name`` (its row's status)."""
+        self._emit(
+            SCHEDULE_TICK,
+            runs[0] if len(runs) == 1 else None,
+            schedule=name,
+            tick=tick.isoformat(),
+            status=status,
+            run_ids=list(runs),
+            partitions=list(partitions),
+            reason=reason,
+            error=error,
+        )
+
+    def _fire_tick(
+        self,
+        schedule: ScheduleDefinition,
+        tick: datetime,
+        tick_id: int,
+        partitions: list[str],
+        report: PassReport,
+    ) -> None:
+        """Launch a claimed tick of ``schedule`` and emit what became of it."""
+        runs, error = self._fire("schedule", schedule.name, tick_id, schedule.target, partitions, report)
+        status = "failed" if error is not None else "launched"
+        self._tick_recorded(schedule.name, tick, status, runs=runs, partitions=partitions, error=error)
 
     # ------------------------------------------------------------------ schedules
     def tick_partitions(self, schedule: ScheduleDefinition, tick: datetime) -> tuple[list[str], str | None]:
@@ -334,7 +413,7 @@ class Daemon:
         ):
             _log.warning("schedule '%s': taking over tick %s of a daemon that stopped", name, stale.tick_key)
             partitions = [str(p) for p in stale.partitions]
-            self._fire("schedule", name, stale.id, schedule.target, partitions, report)
+            self._fire_tick(schedule, stale.tick_at, stale.id, partitions, report)
         since = datetime.fromisoformat(state.cursor) if state.cursor else now - _FIRST_LOOK
         if since >= now:
             return  # evaluated up to now already (or this daemon's clock is behind)
@@ -360,10 +439,11 @@ class Daemon:
                 "none": "missed while no daemon evaluated the schedule; catch_up=none runs no missed tick",
             }[policy]
             for tick in missed:
-                self.state.claim_tick(
+                if self.state.claim_tick(
                     "schedule", name, tick.isoformat(), tick, daemon_id=self.id, status="skipped", reason=why
-                )
-        claimed: list[tuple[int, list[str]]] = []
+                ):
+                    self._tick_recorded(name, tick, "skipped", reason=why)
+        claimed: list[tuple[datetime, int, list[str]]] = []
         for tick in due:
             try:
                 partitions, skip = self.tick_partitions(schedule, tick)
@@ -373,28 +453,31 @@ class Daemon:
                     "schedule", name, tick.isoformat(), tick, daemon_id=self.id, status="failed", reason=text
                 ):
                     report.errors.append(("schedule", name, text))
+                    self._tick_recorded(name, tick, "failed", error=text)
                 continue
             if skip is not None:
                 if self.state.claim_tick(
                     "schedule", name, tick.isoformat(), tick, daemon_id=self.id, status="skipped", reason=skip
                 ):
                     report.skipped.append(("schedule", name, skip))
+                    self._tick_recorded(name, tick, "skipped", reason=skip)
                 continue
             tick_id = self.state.claim_tick(
                 "schedule", name, tick.isoformat(), tick, daemon_id=self.id, partitions=partitions
             )
             if tick_id is not None:  # else another daemon has it
-                claimed.append((tick_id, partitions))
+                claimed.append((tick, tick_id, partitions))
         # The claims are in the store before the cursor moves: a crash from here on leaves
         # 'launching' rows for another daemon (or this one restarted) to take over.
         self.state.save("schedule", name, cursor=now.isoformat(), last_evaluated_at=now, last_error=None)
-        for tick_id, partitions in claimed:
-            self._fire("schedule", name, tick_id, schedule.target, partitions, report)
+        for tick, tick_id, partitions in claimed:
+            self._fire_tick(schedule, tick, tick_id, partitions, report)
 
     # ------------------------------------------------------------------ housekeeping
     def _housekeeping(self, now: datetime, report: PassReport) -> None:
         """Once per ``housekeeping_every`` across all daemons: mark runs whose process died
-        abandoned, prune schedule ticks older than ``tick_retention`` and forget old daemons."""
+        abandoned, prune schedule ticks older than ``tick_retention`` and run events older than
+        the app's event retention (``FlowStone.prune_events``), and forget old daemons."""
         every = self.housekeeping_every.total_seconds()
         if every <= 0:
             return
@@ -414,6 +497,10 @@ class Daemon:
         pruned = self.state.prune_ticks(before=now - self.tick_retention)
         if pruned:
             done.append(f"{pruned} schedule tick(s) older than {self.tick_retention.days} days pruned")
+        # No age given: the app's event retention (by the app's clock) is the one policy.
+        events = self.app.prune_events()
+        if events:
+            done.append(f"{events} event(s) older than the event retention pruned")
         forgotten = self.state.prune_daemons(before=utcnow() - DAEMON_RETENTION)
         if forgotten:
             done.append(f"{forgotten} stopped daemon(s) forgotten")
@@ -469,6 +556,7 @@ class Daemon:
         if not self.state.lease_evaluation("sensor", name, seen=state.last_evaluated_at, now=now):
             return  # another daemon is evaluating it in this interval
         context = SensorContext(self.app, name, now, state.last_evaluated_at, daemon_id=self.id)
+        started = time.perf_counter()
         try:
             result = self._call_sensor(sensor, context, state.cursor)
             for partitions_name, keys in result.dynamic_partitions.items():
@@ -476,6 +564,7 @@ class Daemon:
             requests = result.requests()
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
+            self._polled(name, started, state.cursor, None, 0, error=text)
             _log.warning("sensor '%s' failed: %s", name, text)
             self.state.save("sensor", name, last_evaluated_at=now, last_error=text)
             self.state.claim_tick(
@@ -483,23 +572,55 @@ class Daemon:
             )
             report.errors.append(("sensor", name, text))
             return
+        self._polled(
+            name, started, state.cursor, result.cursor, len(requests), skip_reason=result.skip_reason
+        )
         if not requests:
             report.skipped.append(("sensor", name, result.skip_reason or "nothing new"))
         for i, request in enumerate(requests):
             key = request.key or f"{now.isoformat()}#{i}"
+            partitions = list(request.partitions)
             tick_id = self.state.claim_tick(
-                "sensor", name, key, now, daemon_id=self.id, partitions=list(request.partitions)
+                "sensor", name, key, now, daemon_id=self.id, partitions=partitions
             )
             if tick_id is None:
                 continue  # launched already (another daemon, an earlier evaluation)
             selection = request.selection or sensor.target
-            self._fire(
-                "sensor", name, tick_id, selection, list(request.partitions), report, force=request.force
-            )
+            runs, _ = self._fire("sensor", name, tick_id, selection, partitions, report, force=request.force)
+            for run_id in runs:
+                self._emit(SENSOR_TRIGGERED, run_id, sensor=name, run_key=request.key, partitions=partitions)
         values: dict[str, Any] = {"last_evaluated_at": now, "last_error": None}
         if result.cursor is not None:
             values["cursor"] = result.cursor
         self.state.save("sensor", name, **values)
+
+    def _polled(
+        self,
+        name: str,
+        started: float,
+        before: str | None,
+        after: str | None,
+        requests: int,
+        *,
+        skip_reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``sensor.poll``: one evaluation of sensor ``name`` that began at ``started``
+        (``time.perf_counter``). ``after`` None: the cursor stays where it was."""
+        if not self.app.events.wants(SENSOR_POLL):
+            return  # no cursor to shorten, no event to build
+        after = before if after is None else after
+        self._emit(
+            SENSOR_POLL,
+            sensor=name,
+            run_requests=requests,
+            cursor_before=_shown(before),
+            cursor_after=_shown(after),
+            cursor_changed=after != before,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            skip_reason=skip_reason,
+            error=error,
+        )
 
     def _call_sensor(
         self, sensor: SensorDefinition, context: SensorContext, cursor: str | None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -43,6 +43,9 @@ from flowstone._records import (
 from flowstone.io._base import UpstreamVersion
 from flowstone.store import _tables as t
 from flowstone.store._writer import RunWriter
+
+if TYPE_CHECKING:
+    from flowstone._events import Event
 
 T = TypeVar("T")
 
@@ -510,6 +513,24 @@ class Store:
                 for r in rows
             ],
         )
+
+    def record_events(self, *, tenant: str, events: Sequence[Event]) -> None:
+        """Add ``events`` to the event log as they are (time, run, asset, partition, data)."""
+        if not events:
+            return
+        rows = [
+            {
+                "type": e.type,
+                "at": e.at,
+                "run_id": e.run_id,
+                "asset": e.asset,
+                "partition_key": e.partition_key,
+                "data": dict(e.data) or None,
+            }
+            for e in events
+        ]
+        with self.engine.begin() as conn:
+            self._events(conn, tenant, rows)
 
     def list_events(
         self, *, tenant: str, run_id: str | None = None, limit: int = 1000
