@@ -39,6 +39,10 @@ def test_steps_run_in_their_own_processes_and_report_back(
     assert b_value["n"] == 21
     assert len({os.getpid(), a_value["pid"], b_value["pid"]}) == 3  # parent and two children
     assert app.load("b") == b_value
+    # each materialization says which process computed it
+    for name, value in (("a", a_value), ("b", b_value)):
+        [mat] = app.store.materializations(tenant=app.tenant, asset=name)
+        assert mat.pid == value["pid"]
     record = app.run(run.run_id)
     assert record is not None and record[0].executor == "processes"
     # the I/O events of the children reach the parent's subscribers

@@ -197,6 +197,8 @@ class _Computed:
     value_kept: bool = True
     # A checkpoint that needs a person: {"message": ..., "summary": ...}; the value is stored.
     waiting: dict[str, Any] | None = None
+    # The process that computed it, when not the one recording it (the process executor).
+    pid: int | None = None
 
     def without_value(self, reason: str) -> _Computed:
         """This outcome minus its value (which could not cross to the parent process)."""
@@ -236,7 +238,7 @@ def _compute_isolated(env: RunEnv, step: PlannedStep, run_id: str, step_io: _Ste
         teardown = getattr(resources, "teardown", None)
         if callable(teardown):
             teardown()
-    return _Isolated(computed, captured)
+    return _Isolated(dataclasses.replace(computed, pid=os.getpid()), captured)
 
 
 def _call_with_timeout(fn: Callable[[], Any], timeout: float | None, context: Context) -> Any:
@@ -502,7 +504,7 @@ def build_materialization(
         io_manager=env.io_manager_name(asset),
         code_version=asset.code_version,
         host=HOST,
-        pid=os.getpid(),
+        pid=computed.pid or os.getpid(),
         attempt=attempt,
         metadata={
             **(stored.as_metadata() if stored else {}),
