@@ -11,11 +11,13 @@ explicit times, started and ended in a tight loop, no FlowStone), against the ru
 telemetry off: a lower bound of what recording every span costs, whoever makes them.
 ``flowstone_share_with_sdk_pct`` is ``overhead_pct`` less that floor: FlowStone's own part when
 an SDK records every span.
-Configurations alternate within each repeat so drift on a shared host hits them alike; figures
-are medians. Each repeat runs on a fresh store (after one warm-up run), with the configurations
-in a rotated order: a run takes longer as the store grows (on one store ``off`` went from 0.17 s
-to 0.33 s over 200 runs), which would make the baseline grow with the number of runs and shrink
-every percentage. So the baseline is that of ``chain.py`` (a young store), as in the issue.
+Each configuration's run is bracketed by runs with telemetry off, and its figure is the median,
+over the repeats, of its ratio to the mean of the two: the host's speed drifts by +-20 % within
+a minute, far more than the effects measured, and only neighbouring runs share it. The
+``_spread_pct`` figures are the 25th and 75th percentiles of the same ratios. Each repeat runs on
+a fresh store (after one warm-up run), with the configurations in a rotated order: a run takes
+longer as the store grows (on one store ``off`` went from 0.17 s to 0.33 s over 200 runs), so
+the baseline is that of ``chain.py`` (a young store), as in the issue.
 Prints one JSON line.
 
     python benchmarks/telemetry.py [N=1000] [M=1000000]
@@ -45,7 +47,10 @@ import flowstone as fs
 from flowstone.store import _tables as t
 from flowstone.telemetry import JsonLogs, OpenTelemetrySpans, PrometheusMetrics, StoreMetrics, enable
 
-REPEATS = 21
+REPEATS = 80
+FRESH_EVERY = 10  # repeats on one store before a fresh one
+# Measured in every repeat: all adapters on, with the OpenTelemetry API alone and with the SDK.
+HEADLINE = ("all_otel_api_only", "all")
 
 
 class NullStream(io.TextIOBase):
@@ -145,36 +150,65 @@ def overhead(n: int) -> dict[str, Any]:
         materialize(app)
         detach()
     close()
+    # Each configuration's run is bracketed by two runs with telemetry off on the same store, a
+    # moment before and after: its ratio to their mean is free of the host's drift (on this
+    # shared host one configuration's wall time spans +-20 % across a minute) and of the store
+    # growing by a run's rows each time. Run to run the ratios still scatter by +-10 %: the
+    # headline configurations get REPEATS of them (the median's standard error ~1.5 %), the
+    # others a quarter as many.
+    ratios: dict[str, list[float]] = {name: [] for name in [*names, "sdk_floor"] if name != "off"}
+    others = [name for name in names if name not in ("off", *HEADLINE)]
+    app, close = fresh()
     for repeat in range(REPEATS):
-        app, close = fresh()
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
+        if repeat and repeat % FRESH_EVERY == 0:  # a young store, as chain.py's
+            close()
+            app, close = fresh()
+        measured = [*HEADLINE, *(others if repeat % 4 == 0 else ())]
+        shift = repeat % len(measured)
+
+        def timed_run(name: str, app: fs.FlowStone = app) -> float:
             detach = configs[name](app)
             gc.collect()  # garbage left by the previous configuration is not this one's cost
             t0 = time.perf_counter()
             materialize(app)
-            times[name].append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
             detach()
-        close()
+            times[name].append(took)
+            return took
+
+        before = timed_run("off")
+        for name in measured[shift:] + measured[:shift]:
+            took = timed_run(name)
+            after = timed_run("off")
+            ratios[name].append(took / ((before + after) / 2))
+            before = after
         gc.collect()
-        times["sdk_floor"].append(sdk_spans(provider, n))
-    median = {name: statistics.median(values) for name, values in times.items()}
-    off = median["off"]
-    overhead_pct = (median["all"] / off - 1) * 100
-    floor_pct = median["sdk_floor"] / off * 100
+        floor = sdk_spans(provider, n)
+        times["sdk_floor"].append(floor)
+        ratios["sdk_floor"].append(floor / before)
+    close()
+
+    def pct(name: str, quartile: int = 2) -> float:
+        """The ratios' ``quartile`` (2: the median) as a percentage added (the floor's: taken)."""
+        value = statistics.quantiles(ratios[name], n=4)[quartile - 1]
+        return round((value - (0 if name == "sdk_floor" else 1)) * 100, 1)
+
+    off = statistics.median(times["off"])
+    overhead_pct, floor_pct = pct("all"), pct("sdk_floor")
     return {
         "off_s": round(off, 4),
-        "on_s": round(median["all"], 4),
-        "overhead_pct": round(overhead_pct, 1),
-        "overhead_otel_api_only_pct": round((median["all_otel_api_only"] / off - 1) * 100, 1),
-        "otel_sdk_floor_pct": round(floor_pct, 1),
+        "on_s": round(statistics.median(times["all"]), 4),
+        # Medians of the bracketed ratios; the _spread figures are their 25th and 75th percentiles.
+        "overhead_pct": overhead_pct,
+        "overhead_spread_pct": [pct("all", 1), pct("all", 3)],
+        "overhead_otel_api_only_pct": pct("all_otel_api_only"),
+        "overhead_otel_api_only_spread_pct": [pct("all_otel_api_only", 1), pct("all_otel_api_only", 3)],
+        "otel_sdk_floor_pct": floor_pct,
         # What FlowStone adds beyond the SDK's own minimum for the same spans: the adapters, the
         # bus, and everything else between an event and the SDK call.
         "flowstone_share_with_sdk_pct": round(overhead_pct - floor_pct, 1),
-        "per_adapter_overhead_pct": {
-            name: round((median[name] / off - 1) * 100, 1) for name in configs if name not in ("off", "all")
-        },
-        "per_asset_overhead_us": round((median["all"] - off) / n * 1e6, 1),
+        "per_adapter_overhead_pct": {name: pct(name) for name in configs if name not in ("off", "all")},
+        "per_asset_overhead_us": round(off * overhead_pct / 100 / n * 1e6, 1),
     }
 
 
