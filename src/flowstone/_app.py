@@ -98,7 +98,9 @@ class FlowStone:
     for tools that only read the store (``flowstone runs`` and the like on a machine without the
     warehouse's password)::
 
-        app = fs.FlowStone(pipeline, resources={"warehouse": SQLDatabase(url=fs.EnvVar("DW_URL"))})
+        warehouse = SQLDatabase(url=fs.EnvVar("DW_URL"))
+        app = fs.FlowStone(pipeline, resources={"warehouse": warehouse})  # DW_URL unset: error
+        reader = fs.FlowStone(pipeline, resources={"warehouse": warehouse}, check_resources=False)
     """
 
     def __init__(
