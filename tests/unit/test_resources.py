@@ -409,7 +409,8 @@ def test_tests_override_resources_per_app_without_globals(
 
 
 # ---------------------------------------------------------------------- events
-def test_setup_and_teardown_events(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+def _cache_and_broken_warehouse(pipeline: fs.Pipeline, make_app: AppFactory) -> fs.FlowStone:
+    """An app whose asset ``a`` needs a working ``cache`` and ``b`` a ``warehouse`` whose setup fails."""
     journal = Journal()
 
     @pipeline.asset(requires=["cache"])
@@ -420,7 +421,11 @@ def test_setup_and_teardown_events(pipeline: fs.Pipeline, make_app: AppFactory) 
     def b(context: fs.Context) -> int:
         return 1
 
-    app = make_app(pipeline, resources={"cache": Recording("cache", journal), "warehouse": Broken(journal)})
+    return make_app(pipeline, resources={"cache": Recording("cache", journal), "warehouse": Broken(journal)})
+
+
+def test_setup_and_teardown_events(pipeline: fs.Pipeline, make_app: AppFactory) -> None:
+    app = _cache_and_broken_warehouse(pipeline, make_app)
     events: list[Event] = []
     app.events.subscribe(events.append)
     app.materialize("*")
@@ -445,17 +450,7 @@ def test_a_runs_resource_events_are_kept_in_its_event_log(
 ) -> None:
     """Nobody subscribed: the run's setups and teardowns are stored all the same, with the
     run's other events (from step processes too), and no other run's."""
-    journal = Journal()
-
-    @pipeline.asset(requires=["cache"])
-    def a(context: fs.Context) -> int:
-        return 1
-
-    @pipeline.asset(requires=["warehouse"])
-    def b(context: fs.Context) -> int:
-        return 1
-
-    app = make_app(pipeline, resources={"cache": Recording("cache", journal), "warehouse": Broken(journal)})
+    app = _cache_and_broken_warehouse(pipeline, make_app)
     first = app.materialize("*", executor=executor)
     second = app.materialize(["a"], force=True, executor=executor)
 
